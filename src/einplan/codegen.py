@@ -1,0 +1,113 @@
+"""Stage 4: a plan's statements -> readable Python source.
+
+One function, jaxtyping annotations on parameters and return, one line per
+step with a comment naming the lowering and the step in pattern form.  Only
+names the planner made (``x0``, ``t1`` ...) and allow-listed torch calls are
+rendered; axis names appear only inside string literals (via ``repr``) and
+comments, and they are grammar-checked identifiers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ir
+
+HEADER = "import torch\nfrom torch import Tensor\nfrom jaxtyping import Bool, Complex, Float, Int, Int64, Shaped\n"
+
+
+def _const(value) -> str:
+    if isinstance(value, torch.dtype):
+        return str(value)  # "torch.float32"
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"float({str(value)!r})"
+        return repr(value)
+    if isinstance(value, tuple):
+        inner = ", ".join(_const(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    raise TypeError(f"cannot render constant {value!r}")
+
+
+def _index_item(item) -> str:
+    if item is None:
+        return "None"
+    if item is ...:
+        return "..."
+    if isinstance(item, slice):
+        return ":"
+    if isinstance(item, int):
+        return repr(int(item))
+    return expr(item)
+
+
+def _args(args, kwargs) -> str:
+    parts = [expr(a) for a in args]
+    parts += [f"{k}={expr(v)}" for k, v in kwargs]
+    return ", ".join(parts)
+
+
+def _atom(node) -> str:
+    """Render ``node`` so that ``.method`` or ``[...]`` can follow it."""
+    text = expr(node)
+    return f"({text})" if isinstance(node, ir.BinOp) else text
+
+
+def expr(node) -> str:
+    if isinstance(node, ir.Var):
+        return node.name
+    if isinstance(node, ir.Const):
+        return _const(node.value)
+    if isinstance(node, ir.Call):
+        return f"{node.func}({_args(node.args, node.kwargs)})"
+    if isinstance(node, ir.Method):
+        return f"{_atom(node.obj)}.{node.name}({_args(node.args, node.kwargs)})"
+    if isinstance(node, ir.Attr):
+        return f"{_atom(node.obj)}.{node.name}"
+    if isinstance(node, ir.Index):
+        return f"{_atom(node.obj)}[{', '.join(_index_item(i) for i in node.items)}]"
+    if isinstance(node, ir.BinOp):
+        left = _atom(node.left) if isinstance(node.left, ir.BinOp) and node.left.op != node.op else expr(node.left)
+        return f"{left} {node.op} {_atom(node.right)}"
+    raise TypeError(f"cannot render {node!r}")
+
+
+def statements(stmts, indent: str = "    ") -> list[str]:
+    lines: list[str] = []
+    for stmt in stmts:
+        if isinstance(stmt, ir.Assign):
+            line = f"{indent}{stmt.target} = {expr(stmt.value)}"
+            lines.append(f"{line}  # {stmt.comment}" if stmt.comment else line)
+        elif isinstance(stmt, ir.Loop):
+            head = f"{indent}for {stmt.var} in range({stmt.start}, {stmt.stop}, {stmt.step}):"
+            lines.append(f"{head}  # {stmt.comment}" if stmt.comment else head)
+            lines.extend(statements(stmt.body, indent + "    "))
+        elif isinstance(stmt, ir.Return):
+            value = stmt.value
+            if isinstance(value, tuple):
+                lines.append(f"{indent}return " + ", ".join(expr(v) for v in value))
+            else:
+                lines.append(f"{indent}return {expr(value)}")
+        else:  # pragma: no cover
+            raise TypeError(f"cannot render statement {stmt!r}")
+    return lines
+
+
+def annotation(kind: str, dims: str) -> str:
+    return f"{kind}[Tensor, {dims!r}]"
+
+
+def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, body) -> str:
+    """The source of one function: ``def name(x0: Float[Tensor, "..."], ...) -> ...``."""
+    if not name.isidentifier():
+        raise ValueError(f"not a function name: {name!r}")
+    lines = [f"def {name}("]
+    lines += [f"    {p}: {a}," for p, a in params]
+    lines.append(f") -> {returns}:")
+    lines.append(f'    """{doc}"""')
+    lines += statements(body)
+    return "\n".join(lines) + "\n"

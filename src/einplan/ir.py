@@ -1,0 +1,180 @@
+"""The tiny expression language a plan is written in, before it becomes Python.
+
+A plan is a list of statements over these nodes; ``codegen`` renders them.
+Function and method names are checked against allow-lists when a node is
+made, so nothing else can ever reach the generated source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+FUNCTIONS = frozenset(
+    {
+        "torch.matmul",
+        "torch.amax",
+        "torch.amin",
+        "torch.logsumexp",
+        "torch.unravel_index",
+        "torch.maximum",
+        "torch.minimum",
+        "torch.where",
+        "torch.empty",
+        "torch.full",
+        "torch.stack",
+        "torch.addcmul",
+        "torch.mul",
+        "torch.add",
+        "torch.diagonal",
+    }
+)
+METHODS = frozenset(
+    {
+        "reshape",
+        "permute",
+        "diagonal",
+        "sum",
+        "mean",
+        "amax",
+        "amin",
+        "argmax",
+        "argmin",
+        "max",
+        "min",
+        "unsqueeze",
+        "squeeze",
+        "flatten",
+        "expand",
+        "contiguous",
+        "logsumexp",
+        "narrow",
+        "copy_",
+        "add_",
+        "mul_",
+        "addcmul_",
+        "to",
+        "movedim",
+    }
+)
+ATTRIBUTES = frozenset({"mT", "shape", "values", "indices"})
+OPERATORS = frozenset({"*", "+", "-", "@", "/"})
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+
+    def __post_init__(self):
+        if not self.name.isidentifier():
+            raise ValueError(f"not a generated name: {self.name!r}")
+
+
+@dataclass(frozen=True)
+class Const:
+    """An int, float, None, bool, tuple of those, or a torch dtype."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    args: tuple
+    kwargs: tuple = ()
+
+    def __post_init__(self):
+        if self.func not in FUNCTIONS:
+            raise ValueError(f"function {self.func!r} is not in the code generator's allow-list")
+
+
+@dataclass(frozen=True)
+class Method:
+    obj: "Expr"
+    name: str
+    args: tuple = ()
+    kwargs: tuple = ()
+
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise ValueError(f"method {self.name!r} is not in the code generator's allow-list")
+
+
+@dataclass(frozen=True)
+class Attr:
+    obj: "Expr"
+    name: str
+
+    def __post_init__(self):
+        if self.name not in ATTRIBUTES:
+            raise ValueError(f"attribute {self.name!r} is not in the code generator's allow-list")
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str
+    left: "Expr"
+    right: "Expr"
+
+    def __post_init__(self):
+        if self.op not in OPERATORS:
+            raise ValueError(f"operator {self.op!r} is not allowed")
+
+
+@dataclass(frozen=True)
+class Index:
+    """``obj[items]``; items are ints, None (new axis), ``SLICE`` or ``ELLIPSIS``."""
+
+    obj: "Expr"
+    items: tuple
+
+
+SLICE = slice(None)
+ELLIPSIS = ...
+
+Expr = Union[Var, Const, Call, Method, Attr, BinOp, Index]
+
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    value: Expr
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Loop:
+    """``for var in range(start, stop, step): body``."""
+
+    var: str
+    start: int
+    stop: int
+    step: int
+    body: tuple
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Return:
+    value: Union[Expr, tuple]
+
+
+Stmt = Union[Assign, Loop, Return]
+
+
+# --- small helpers the planner uses -------------------------------------------------
+
+
+def permute(expr: Expr, order: tuple[int, ...]) -> Expr:
+    """``expr.permute(order)``, or ``expr`` itself when the order is the identity."""
+    if order == tuple(range(len(order))):
+        return expr
+    if len(order) >= 2 and order == tuple(range(len(order) - 2)) + (len(order) - 1, len(order) - 2):
+        return Attr(expr, "mT")
+    return Method(expr, "permute", tuple(Const(i) for i in order))
+
+
+def reshape(expr: Expr, shape: tuple[int, ...]) -> Expr:
+    if not shape:
+        return Method(expr, "reshape", (Const(()),))
+    return Method(expr, "reshape", tuple(Const(s) for s in shape))
