@@ -42,6 +42,8 @@ def _index_item(item) -> str:
         return ":"
     if isinstance(item, int):
         return repr(int(item))
+    if isinstance(item, ir.Range):
+        return f"{expr(item.start)}:{expr(item.stop)}"
     return expr(item)
 
 
@@ -54,7 +56,7 @@ def _args(args, kwargs) -> str:
 def _atom(node) -> str:
     """Render ``node`` so that ``.method`` or ``[...]`` can follow it."""
     text = expr(node)
-    return f"({text})" if isinstance(node, ir.BinOp) else text
+    return f"({text})" if isinstance(node, (ir.BinOp, ir.IfExp, ir.BoolOp)) else text
 
 
 def expr(node) -> str:
@@ -71,16 +73,32 @@ def expr(node) -> str:
     if isinstance(node, ir.Index):
         return f"{_atom(node.obj)}[{', '.join(_index_item(i) for i in node.items)}]"
     if isinstance(node, ir.BinOp):
-        left = _atom(node.left) if isinstance(node.left, ir.BinOp) and node.left.op != node.op else expr(node.left)
+        chained = isinstance(node.left, ir.BinOp) and node.left.op == node.op and node.op in "*+"
+        left = expr(node.left) if chained else _atom(node.left)
         return f"{left} {node.op} {_atom(node.right)}"
+    if isinstance(node, ir.IfExp):
+        return f"{_atom(node.then)} if {_atom(node.condition)} else {_atom(node.otherwise)}"
+    if isinstance(node, ir.BoolOp):
+        return f" {node.op} ".join(_atom(v) for v in node.values)
     raise TypeError(f"cannot render {node!r}")
+
+
+def _target(target) -> str:
+    if isinstance(target, str):
+        if not target.isidentifier():
+            raise ValueError(f"not a generated name: {target!r}")
+        return target
+    return expr(target)
 
 
 def statements(stmts, indent: str = "    ") -> list[str]:
     lines: list[str] = []
     for stmt in stmts:
         if isinstance(stmt, ir.Assign):
-            line = f"{indent}{stmt.target} = {expr(stmt.value)}"
+            line = f"{indent}{_target(stmt.target)} = {expr(stmt.value)}"
+            lines.append(f"{line}  # {stmt.comment}" if stmt.comment else line)
+        elif isinstance(stmt, ir.Do):
+            line = f"{indent}{expr(stmt.value)}"
             lines.append(f"{line}  # {stmt.comment}" if stmt.comment else line)
         elif isinstance(stmt, ir.Loop):
             head = f"{indent}for {stmt.var} in range({stmt.start}, {stmt.stop}, {stmt.step}):"

@@ -27,6 +27,9 @@ FUNCTIONS = frozenset(
         "torch.mul",
         "torch.add",
         "torch.diagonal",
+        "torch.logaddexp",
+        "torch.is_grad_enabled",
+        "torch.zeros",
     }
 )
 METHODS = frozenset(
@@ -57,8 +60,8 @@ METHODS = frozenset(
         "movedim",
     }
 )
-ATTRIBUTES = frozenset({"mT", "shape", "values", "indices"})
-OPERATORS = frozenset({"*", "+", "-", "@", "/"})
+ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad"})
+OPERATORS = frozenset({"*", "+", "-", "@", "/", ">", "<", "!=", "==", "&", "|"})
 
 
 @dataclass(frozen=True)
@@ -123,21 +126,60 @@ class BinOp:
 
 @dataclass(frozen=True)
 class Index:
-    """``obj[items]``; items are ints, None (new axis), ``SLICE`` or ``ELLIPSIS``."""
+    """``obj[items]``; items are ints, None (new axis), ``SLICE``, ``ELLIPSIS`` or a ``Range``."""
 
     obj: "Expr"
     items: tuple
 
 
+@dataclass(frozen=True)
+class Range:
+    """A slice ``start:stop`` inside an ``Index``; either end may be an expression."""
+
+    start: "Expr"
+    stop: "Expr"
+
+
+@dataclass(frozen=True)
+class IfExp:
+    """``then if condition else otherwise``."""
+
+    condition: "Expr"
+    then: "Expr"
+    otherwise: "Expr"
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    """``a or b or ...`` / ``a and b and ...``."""
+
+    op: str
+    values: tuple
+
+    def __post_init__(self):
+        if self.op not in ("and", "or"):
+            raise ValueError(f"boolean operator {self.op!r} is not allowed")
+
+
 SLICE = slice(None)
 ELLIPSIS = ...
 
-Expr = Union[Var, Const, Call, Method, Attr, BinOp, Index]
+Expr = Union[Var, Const, Call, Method, Attr, BinOp, Index, IfExp, BoolOp]
 
 
 @dataclass(frozen=True)
 class Assign:
-    target: str
+    """``target = value``; the target is a generated name or an ``Index`` of one."""
+
+    target: Union[str, Index]
+    value: Expr
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Do:
+    """An expression evaluated for its effect, e.g. ``t0.addcmul_(a, b)``."""
+
     value: Expr
     comment: str = ""
 
@@ -159,7 +201,7 @@ class Return:
     value: Union[Expr, tuple]
 
 
-Stmt = Union[Assign, Loop, Return]
+Stmt = Union[Assign, Do, Loop, Return]
 
 
 # --- small helpers the planner uses -------------------------------------------------

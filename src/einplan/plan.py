@@ -8,7 +8,7 @@ step in pattern form.  Planning reads shapes only, never tensor data.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import opt_einsum
@@ -92,8 +92,8 @@ def _sum(expr, dims: tuple[int, ...], dtype: torch.dtype):
 
 
 class _Names:
-    def __init__(self):
-        self.count = 0
+    def __init__(self, count: int = 0):
+        self.count = count
 
     def fresh(self, prefix: str = "t") -> str:
         name = f"{prefix}{self.count}"
@@ -133,9 +133,10 @@ def _prepare(bound: Bound, index: int, others: list[set[str]], keep: frozenset[s
 
 @dataclass(frozen=True)
 class Lowered:
-    expr: ir.Expr
+    expr: ir.Expr  # the step's result, assigned to the step's variable
     axes: tuple[str, ...]
     estimate: Estimate
+    setup: tuple = ()  # statements that run before (the unrolled terms)
 
 
 def _order(axes, rank: Callable[[str], tuple]) -> list[str]:
@@ -230,32 +231,126 @@ def lower_matmul(a: Value, b: Value, keep, sizes, rank, dtype, model) -> Optiona
     return Lowered(expr, out_axes, estimate)
 
 
+UNROLL_TERMS = 16  # most terms the cost model may unroll; forcing allows up to 64
+FORCED_UNROLL_TERMS = 64
+
+
+def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=None, limit=UNROLL_TERMS) -> Optional[Lowered]:
+    """Written-out arithmetic: one fused multiply-add per index of the summed axes.
+
+    ``out = a[..., 0] * b[..., 0]; out.addcmul_(a[..., 1], b[..., 1]); ...`` --
+    each term is one vector op over the kept axes, with no temporary the size
+    of the full product.  Fuses into one kernel under torch.compile.
+    """
+    if dtype == torch.bool or names is None:
+        return None
+    union = list(dict.fromkeys(a.axes + b.axes))
+    kept = _order([x for x in union if x in keep], rank)
+    summed = [x for x in union if x not in keep]
+    terms = _numel(sizes, summed)
+    if not summed or terms == 0 or terms > limit or any(x not in a.axes or x not in b.axes for x in summed):
+        return None
+    target = names.fresh()
+    indices = _index_tuples([sizes[x] for x in summed])
+    first = ir.BinOp("*", _aligned_term(a, kept, summed, indices[0]), _aligned_term(b, kept, summed, indices[0]))
+    setup = [ir.Assign(target, first, f"unrolled: term {_term_name(summed, indices[0])}")]
+    for index in indices[1:]:
+        setup.append(
+            ir.Do(
+                ir.Method(ir.Var(target), "addcmul_", (_aligned_term(a, kept, summed, index), _aligned_term(b, kept, summed, index))),
+                f"unrolled: term {_term_name(summed, index)}",
+            )
+        )
+    itemsize = dtype.itemsize
+    out = _numel(sizes, kept)
+    estimate = Estimate(
+        flops=2 * out * terms,
+        bytes=terms * (2 * out + _numel(sizes, a.axes) // terms + _numel(sizes, b.axes) // terms) * itemsize,
+        ops=terms,
+        elementwise=out * terms,
+        terms=terms,
+        memory=out * itemsize,
+    )
+    return Lowered(ir.Var(target), tuple(kept), estimate, tuple(setup))
+
+
+def _index_tuples(extents: list[int]) -> list[tuple[int, ...]]:
+    tuples: list[tuple[int, ...]] = [()]
+    for extent in extents:
+        tuples = [t + (k,) for t in tuples for k in range(extent)]
+    return tuples
+
+
+def _term_name(summed: list[str], index: tuple[int, ...]) -> str:
+    return ", ".join(f"{a}={k}" for a, k in zip(summed, index))
+
+
+def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple[int, ...]) -> ir.Expr:
+    """``value`` with its summed axes fixed at ``index`` and None where it lacks a
+    kept axis, so that terms broadcast to the kept layout.  Indexes the tensor
+    as it is when its kept axes are already in order, else permutes first."""
+    present = [a for a in value.axes if a in kept]
+    if present != [a for a in kept if a in value.axes]:
+        order = tuple(value.axes.index(a) for a in [a for a in kept if a in value.axes] + summed)
+        expr = ir.permute(ir.Var(value.var), order)
+        axes = [value.axes[k] for k in order]
+    else:
+        expr, axes = ir.Var(value.var), list(value.axes)
+    fixed = dict(zip(summed, index))
+    items: list = []
+    position = next((k for k, a in enumerate(kept) if a in axes), len(kept))
+    for axis in axes:
+        if axis in fixed:
+            items.append(fixed[axis])
+            continue
+        target = kept.index(axis)
+        items.extend([None] * (target - position))
+        items.append(ir.SLICE)
+        position = target + 1
+    items.extend([None] * (len(kept) - position))
+    while items and items[-1] is ir.SLICE:
+        items.pop()
+    return ir.Index(expr, tuple(items)) if items else expr
+
+
 CONTRACTIONS: dict[str, Callable] = {
     MATMUL: lower_matmul,
     ELEMENTWISE: lower_elementwise,
+    UNROLLED: lower_unrolled,
 }
 
 
-def _choose(a: Value, b: Value, keep, sizes, rank, dtype, model, options: Options):
+def _lower(name, a, b, keep, sizes, rank, dtype, model, names, forced):
+    if name == UNROLLED:
+        limit = FORCED_UNROLL_TERMS if forced else UNROLL_TERMS
+        return lower_unrolled(a, b, keep, sizes, rank, dtype, model, names, limit)
+    return CONTRACTIONS[name](a, b, keep, sizes, rank, dtype, model)
+
+
+def _choose(a: Value, b: Value, keep, sizes, rank, dtype, model, options: Options, names: "_Names"):
+    """Price every lowering that can do this step; the forced one or the cheapest wins."""
+    forced = options.lowering if options.lowering in CONTRACTIONS else None
     candidates = []
     results = {}
-    for name, lower in CONTRACTIONS.items():
-        lowered = lower(a, b, keep, sizes, rank, dtype, model)
+    for name in CONTRACTIONS:
+        scratch = _Names(names.count) if name == UNROLLED else names
+        lowered = _lower(name, a, b, keep, sizes, rank, dtype, model, scratch, name == forced)
         if lowered is None:
             continue
-        results[name] = lowered
+        results[name] = (lowered, scratch)
         candidates.append(Candidate(name, lowered.estimate, model.seconds(lowered.estimate)))
-    if options.lowering is not None:
-        if options.lowering not in results:
-            raise UnsupportedError(
-                f"lowering {options.lowering!r} cannot compute the step "
-                f"'{_describe([a.axes, b.axes], tuple(x for x in dict.fromkeys(a.axes + b.axes) if x in keep))}'"
-                f" for dtype {dtype}"
-            )
-        winner = options.lowering
-    else:
-        winner = min(candidates, key=lambda c: c.seconds).lowering
-    return winner, results[winner], tuple(candidates)
+    if forced is not None and forced not in results:
+        step = _describe([a.axes, b.axes], tuple(x for x in dict.fromkeys(a.axes + b.axes) if x in keep))
+        raise UnsupportedError(
+            f"lowering {forced!r} cannot compute the step '{step}' "
+            f"(sizes {', '.join(f'{x}={sizes[x]}' for x in dict.fromkeys(a.axes + b.axes))}, dtype {dtype})"
+        )
+    affordable = [c for c in candidates if options.memory_limit is None or c.estimate.memory <= options.memory_limit]
+    pool = affordable or candidates
+    winner = forced or min(pool, key=lambda c: c.seconds).lowering
+    lowered, scratch = results[winner]
+    names.count = max(names.count, scratch.count)
+    return winner, lowered, tuple(candidates)
 
 
 # --- contraction order ------------------------------------------------------------------------
@@ -337,17 +432,300 @@ def _rank_function(bound: Bound):
     return lambda axis: (position.get(axis, len(target)), order.get(axis, 0))
 
 
+# --- chunked reduction -------------------------------------------------------------------------
+
+CHUNK_BYTES = 32 * 2**20  # default budget of one chunk (buffer plus the reduction's temporaries)
+DEFAULT_MEMORY_LIMIT = 256 * 2**20  # a step whose intermediate is larger is computed in chunks
+TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0, "argmax": 1.0, "argmin": 1.0}
+
+
+def _extreme(dtype: torch.dtype, low: bool):
+    """The identity of max (``low``) or min: -inf/+inf, or the integer limits."""
+    if dtype.is_floating_point:
+        return float("-inf") if low else float("inf")
+    info = torch.iinfo(dtype)
+    return info.min if low else info.max
+
+
+def _full(shape, value, dtype, device_of: str) -> ir.Expr:
+    return ir.Call(
+        "torch.full",
+        (ir.Const(tuple(shape)), ir.Const(value)),
+        (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(device_of), "device"))),
+    )
+
+
+def _empty(shape, dtype, device_of: str) -> ir.Expr:
+    return ir.Call(
+        "torch.empty",
+        (ir.Const(tuple(shape)),),
+        (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(device_of), "device"))),
+    )
+
+
+def _slice(value: Value, axis: str, start: ir.Expr, length: int) -> ir.Expr:
+    """``value[:, ..., start:start + length]`` along ``axis``."""
+    position = value.axes.index(axis)
+    stop = ir.BinOp("+", start, ir.Const(length))
+    return ir.Index(ir.Var(value.var), (ir.SLICE,) * position + (ir.Range(start, stop),))
+
+
+@dataclass(frozen=True)
+class _Chunking:
+    axis: str
+    mode: str  # "output": write slices; "reduce": combine the first clause; "sum": add partial sums
+    rows: int
+
+
+def _chunk_axis(a: Value, b: Value, clauses, output_axes, keep, sizes) -> Optional[tuple[str, str]]:
+    union = list(dict.fromkeys(a.axes + b.axes))
+    outputs = [x for x in output_axes if x in union and sizes[x] > 1]
+    if outputs:
+        return max(outputs, key=lambda x: sizes[x]), "output"
+    if clauses:
+        reducer, ids = clauses[0]
+        if reducer in ("argmax", "argmin"):
+            return ids[0], "reduce"
+        return max(ids, key=lambda x: sizes[x]), "reduce"
+    contracted = [x for x in union if x not in keep]
+    if contracted:
+        return max(contracted, key=lambda x: sizes[x]), "sum"
+    everything = [x for x in union if x in output_axes]
+    return (everything[0], "output") if everything else None
+
+
+def _chunked(a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model, options, names, budget):
+    """The last contraction and the clauses, in chunks of one axis.
+
+    Returns (statements, result values, estimate, inner lowering, chunking) or None.
+    """
+    dtype = bound.dtype
+    choice = _chunk_axis(a, b, clauses, bound.output_axes, keep, sizes)
+    if choice is None:
+        return None
+    axis, mode = choice
+    first_rank = lambda x: (-1, 0) if x == axis else rank(x)
+    inner_options = Options(options.lowering if options.lowering in CONTRACTIONS else None, options.memory_limit)
+    probe = _Names(names.count)
+    inner, full, _ = _choose(a, b, keep, sizes, first_rank, dtype, model, inner_options, probe)
+    factor = max((TEMPORARIES[r] for r, _ in clauses), default=1.0)
+    per_row = max(full.estimate.memory / max(sizes[axis], 1), dtype.itemsize) * factor
+    rows = int(max(1, min(sizes[axis], budget // per_row))) if sizes[axis] else 1
+    chunking = _Chunking(axis, mode, rows)
+    total = sizes[axis]
+    tail = total % rows if rows else 0
+    setup: list = []
+    x_of = "x0"
+    i = ir.Var("i")
+    accumulators: list[Value] = []
+    results: list[Value] = []
+    buffer = None
+    grad = None
+
+    def body(length: int) -> tuple[list, list[Value]]:
+        """Statements for one chunk of ``length`` rows; returns them and the chunk's values."""
+        chunk_sizes = dict(sizes, **{axis: length})
+        statements = []
+        parts = []
+        for value in (a, b):
+            if axis in value.axes:
+                var = names.fresh("c")
+                statements.append(ir.Assign(var, _slice(value, axis, i, length), f"chunk of {axis}"))
+                parts.append(Value(var, value.axes))
+            else:
+                parts.append(value)
+        lowered = _lower(inner, parts[0], parts[1], keep, chunk_sizes, first_rank, dtype, model, names, options.lowering == inner)
+        expr = lowered.expr
+        if buffer is not None and isinstance(expr, ir.Call) and expr.func == "torch.matmul" and lowered.axes[0] == axis:
+            target = ir.Var(buffer) if length == rows else ir.Index(ir.Var(buffer), (ir.Range(ir.Const(None), ir.Const(length)),))
+            expr = ir.Call(expr.func, expr.args, (("out", ir.IfExp(ir.Var(grad), ir.Const(None), target)),))
+        lowered = replace(lowered, expr=expr)
+        comment = f"{inner}: {_describe([a.axes, b.axes], lowered.axes)} for this chunk"
+        var, more = _assign_result(lowered, comment, names, "s")
+        statements.extend(more)
+        return statements, [Value(var, lowered.axes)], chunk_sizes
+
+    # the chunk buffer, reused by every full chunk (matmul writes into it with out=)
+    if inner == MATMUL:
+        probe_statements = _lower(inner, a, b, keep, dict(sizes, **{axis: rows}), first_rank, dtype, model, _Names(), False)
+        if isinstance(probe_statements.expr, ir.Call) and probe_statements.axes[0] == axis:
+            buffer, grad = names.fresh("buf"), "grad"
+            shape = tuple(rows if x == axis else sizes[x] for x in probe_statements.axes)
+            setup.append(ir.Assign(buffer, _empty(shape, dtype, x_of), f"chunk buffer, {_human_bytes(math.prod(shape) * dtype.itemsize)}"))
+            inputs_grad = ir.BoolOp("or", tuple(ir.Attr(ir.Var(f"x{k}"), "requires_grad") for k in range(len(bound.operands))))
+            setup.append(ir.Assign(grad, ir.BoolOp("and", (ir.Call("torch.is_grad_enabled", ()), inputs_grad)), "out= buffers do not carry gradients"))
+
+    reduced_axes = [x for _, ids in clauses for x in ids]
+    if mode == "output":
+        after = tuple(x for x in full.axes if x not in reduced_axes)
+        arg = clauses and clauses[-1][0] in ("argmax", "argmin")
+        count = len(clauses[-1][1]) if arg else 1
+        for k in range(count):
+            var = names.fresh("r")
+            result_dtype = torch.int64 if arg else dtype
+            setup.append(ir.Assign(var, _empty(tuple(sizes[x] for x in after), result_dtype, x_of), "result, filled chunk by chunk"))
+            results.append(Value(var, after))
+
+        def combine(values, chunk_sizes):
+            statements = []
+            for reducer, ids in clauses:
+                (current,) = values
+                more, values = _reduce(current, reducer, ids, chunk_sizes, dtype, names)
+                statements.extend(more)
+            for result, value in zip(results, values):
+                statements.append(ir.Assign(_slice(result, axis, i, chunk_sizes[axis]), ir.Var(value.var), f"write rows of {axis}"))
+            return statements
+
+    elif mode == "reduce":
+        reducer, ids = clauses[0]
+        rest = tuple(x for x in full.axes if x not in ids)
+        rest_shape = tuple(sizes[x] for x in rest)
+        best = names.fresh("acc")
+        if reducer in ("argmax", "argmin"):
+            index = names.fresh("idx")
+            setup.append(ir.Assign(best, _full(rest_shape, _extreme(dtype, reducer == "argmax"), dtype, x_of), f"running {reducer[3:]}"))
+            setup.append(ir.Assign(index, ir.Call("torch.zeros", (ir.Const(rest_shape),), (("dtype", ir.Const(torch.int64)), ("device", ir.Attr(ir.Var(x_of), "device")))), "its flat index"))
+            stride = _numel(sizes, ids[1:])
+        elif reducer in ("max", "min"):
+            setup.append(ir.Assign(best, _full(rest_shape, _extreme(dtype, reducer == "max"), dtype, x_of), f"running {reducer}"))
+        elif reducer == "logsumexp":
+            setup.append(ir.Assign(best, _full(rest_shape, float("-inf"), dtype, x_of), "running logsumexp"))
+        else:
+            setup.append(ir.Assign(best, ir.Call("torch.zeros", (ir.Const(rest_shape),), (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(x_of), "device")))), "running sum"))
+
+        def combine(values, chunk_sizes):
+            (value,) = values
+            dims = tuple(value.axes.index(x) for x in ids)
+            arg = ir.Const(dims[0] if len(dims) == 1 else dims)
+            source = ir.Var(value.var)
+            part = names.fresh("p")
+            if reducer in ("argmax", "argmin"):
+                flat = ir.reshape(ir.permute(source, tuple(value.axes.index(x) for x in rest + ids)), rest_shape + (-1,))
+                values_, indices = ir.Attr(ir.Var(part), "values"), ir.Attr(ir.Var(part), "indices")
+                beats = ">" if reducer == "argmax" else "<"
+                take = names.fresh("take")
+                nan = ir.BinOp("&", ir.BinOp("!=", values_, values_), ir.BinOp("==", ir.Var(best), ir.Var(best)))
+                return [
+                    ir.Assign(part, ir.Method(flat, reducer[3:], (ir.Const(-1),)), f"{reducer[3:]} of this chunk and where"),
+                    ir.Assign(take, ir.BinOp("|", ir.BinOp(beats, values_, ir.Var(best)), nan), "strictly better (ties keep the first; NaN wins)"),
+                    ir.Assign(best, ir.Call("torch.where", (ir.Var(take), values_, ir.Var(best)))),
+                    ir.Assign(index, ir.Call("torch.where", (ir.Var(take), ir.BinOp("+", indices, ir.BinOp("*", i, ir.Const(stride))), ir.Var(index))), "chunk offset"),
+                ]
+            if reducer in ("max", "min"):
+                partial = ir.Call(REDUCE_CALLS[reducer], (source, arg))
+                merge = ir.Call("torch.maximum" if reducer == "max" else "torch.minimum", (ir.Var(best), ir.Var(part)))
+            elif reducer == "logsumexp":
+                partial = ir.Call("torch.logsumexp", (source, arg))
+                merge = ir.Call("torch.logaddexp", (ir.Var(best), ir.Var(part)))
+            else:
+                partial = _sum(source, dims, dtype)
+                merge = ir.BinOp("+", ir.Var(best), ir.Var(part))
+            return [
+                ir.Assign(part, partial, f"{reducer} of this chunk"),
+                ir.Assign(best, merge, "combine"),
+            ]
+
+        if reducer in ("argmax", "argmin"):
+            finish = []
+            if len(ids) == 1:
+                accumulators = [Value(index, rest)]
+            else:
+                unravelled = names.fresh()
+                finish.append(ir.Assign(unravelled, ir.Call("torch.unravel_index", (ir.Var(index), ir.Const(tuple(sizes[x] for x in ids)))), "one index tensor per axis"))
+                for k, x in enumerate(ids):
+                    part_var = names.fresh()
+                    finish.append(ir.Assign(part_var, ir.Index(ir.Var(unravelled), (k,)), f"index along {x}"))
+                    accumulators.append(Value(part_var, rest))
+        else:
+            finish = []
+            if reducer == "mean":
+                finish.append(ir.Assign(best, ir.BinOp("/", ir.Var(best), ir.Const(_numel(sizes, ids))), "mean = sum / count"))
+            accumulators = [Value(best, rest)]
+        remaining = clauses[1:]
+    else:  # "sum": partial sums over chunks of a contracted axis
+        best = names.fresh("acc")
+        out_axes = full.axes
+        setup.append(ir.Assign(best, ir.Call("torch.zeros", (ir.Const(tuple(sizes[x] for x in out_axes)),), (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(x_of), "device")))), "running sum"))
+
+        def combine(values, chunk_sizes):
+            (value,) = values
+            return [ir.Assign(best, ir.BinOp("+", ir.Var(best), ir.Var(value.var)), "add this chunk's partial sum")]
+
+        finish = []
+        accumulators = [Value(best, out_axes)]
+        remaining = clauses
+
+    statements = list(setup)
+    full_stop = total - tail
+    for start, stop, length in ((0, full_stop, rows), (full_stop, total, tail)):
+        if length <= 0 or stop <= start:
+            continue
+        chunk_statements, values, chunk_sizes = body(length)
+        chunk_statements += combine(values, chunk_sizes)
+        label = "chunked-reduction" if length == rows else "last, shorter chunk"
+        statements.append(ir.Loop("i", start, stop, length, tuple(chunk_statements), f"{label}: {length} of {total} along {axis}"))
+    if mode != "output":
+        statements.extend(finish)
+        results = accumulators
+        for reducer, ids in remaining:
+            (current,) = results
+            more, results = _reduce(current, reducer, ids, sizes, dtype, names)
+            statements.extend(more)
+    chunk_memory = rows * per_row
+    estimate = replace(
+        full.estimate,
+        ops=full.estimate.ops * max(1, math.ceil(total / rows)) + 2 * len(clauses) * max(1, math.ceil(total / rows)),
+        memory=chunk_memory,
+    )
+    return statements, results, estimate, inner, chunking
+
+
+def _human_bytes(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def _effective_clauses(bound: Bound):
+    """Leading ``sum`` clauses are part of the sum-product: fold them in."""
+    clauses = list(bound.clauses)
+    while clauses and clauses[0][0] == "sum":
+        clauses.pop(0)
+    return tuple(clauses)
+
+
+def _check_output_fits(bound: Bound) -> None:
+    numel = _numel(bound.sizes, bound.output_axes)
+    need = numel * bound.dtype.itemsize
+    try:
+        import os
+
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return
+    if need > physical:
+        raise EinplanError(
+            f"the output of '{bound.resolved.pattern.text}' would take {_human_bytes(need)} "
+            f"({numel} elements of {bound.dtype}), more than this machine's {_human_bytes(physical)} of memory"
+        )
+
+
 def build(bound: Bound, options: Options = Options(), model: DeviceModel | None = None) -> Plan:
     """Plan ``bound``: prepare operands, contract along the path, reduce, shape the output."""
     if options.lowering is not None and options.lowering not in LOWERINGS:
         raise EinplanError(f"unknown lowering {options.lowering!r}; choose one of {', '.join(LOWERINGS)}")
-    if options.lowering in (UNROLLED, CHUNKED):
-        raise UnsupportedError(f"the {options.lowering} lowering is not implemented yet")
+    if options.memory_limit is not None and (not isinstance(options.memory_limit, int) or options.memory_limit <= 0):
+        raise EinplanError(f"memory_limit must be a positive number of bytes, got {options.memory_limit!r}")
+    _check_output_fits(bound)
     model = model or load_model(bound.device)
-    keep = bound.kept
+    clauses = _effective_clauses(bound)
+    keep = frozenset(bound.output_axes).union(*(ids for _, ids in clauses))
     sizes = bound.sizes
     rank = _rank_function(bound)
     names = _Names()
+    limit = options.memory_limit or DEFAULT_MEMORY_LIMIT
+    budget = min(limit, CHUNK_BYTES)
     steps: list[Step] = []
     values: list[Value] = []
     for index, operand in enumerate(bound.operands):
@@ -361,7 +739,8 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
         steps.append(Step("prepare", description, (ir.Assign(var, expr, f"prepare: {description}"),)))
         values.append(Value(var, axes))
     path = _path(values, keep, sizes)
-    for pair in path:
+    results: Optional[list[Value]] = None
+    for number, pair in enumerate(path):
         taken = [values[k] for k in pair]
         for k in sorted(pair, reverse=True):
             values.pop(k)
@@ -370,18 +749,31 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
             continue
         a, b = taken
         needed = keep.union(*(set(v.axes) for v in values))
-        winner, lowered, candidates = _choose(a, b, needed, sizes, rank, bound.dtype, model, options)
-        var = names.fresh()
+        winner, lowered, candidates = _choose(a, b, needed, sizes, rank, bound.dtype, model, options, names)
+        last = number == len(path) - 1
+        wants_chunks = options.lowering == CHUNKED or lowered.estimate.memory > limit or (
+            clauses and lowered.estimate.memory > budget
+        )
+        if last and wants_chunks:
+            chunked = _chunked(a, b, clauses, bound, keep, sizes, rank, model, options, names, budget)
+            if chunked is not None:
+                statements, results, estimate, inner, chunking = chunked
+                description = _describe([a.axes, b.axes], lowered.axes)
+                seconds = model.seconds(estimate)
+                candidates = candidates + (Candidate(CHUNKED, estimate, seconds),)
+                steps.append(Step(CHUNKED, f"{description} in chunks of {chunking.rows} along {chunking.axis}, then {inner}", tuple(statements), estimate, candidates))
+                break
         description = _describe([a.axes, b.axes], lowered.axes)
-        statement = ir.Assign(var, lowered.expr, f"{winner}: {description}")
-        steps.append(Step(winner, description, (statement,), lowered.estimate, candidates))
+        var, statements = _assign_result(lowered, f"{winner}: {description}", names)
+        steps.append(Step(winner, description, statements, lowered.estimate, candidates))
         values.append(Value(var, lowered.axes))
-    (result,) = values
-    results = [result]
-    for reducer, ids in bound.clauses:
-        (current,) = results
-        statements, results = _reduce(current, reducer, ids, sizes, bound.dtype, names)
-        steps.append(Step("reduce", f"{' '.join(current.axes)} -> {' '.join(results[0].axes)}", tuple(statements)))
+    if results is None:
+        (result,) = values
+        results = [result]
+        for reducer, ids in clauses:
+            (current,) = results
+            statements, results = _reduce(current, reducer, ids, sizes, bound.dtype, names)
+            steps.append(Step("reduce", f"{' '.join(current.axes)} -> {' '.join(results[0].axes)}", tuple(statements)))
     returns = tuple(_finish(v, bound) for v in results)
     return Plan(
         bound=bound,
@@ -392,3 +784,11 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
         steps=tuple(steps),
         returns=returns,
     )
+
+
+def _assign_result(lowered: Lowered, comment: str, names: _Names, prefix: str = "t") -> tuple[str, tuple]:
+    """The lowering's statements ending in ``var = result``; returns (var, statements)."""
+    if lowered.setup and isinstance(lowered.expr, ir.Var):
+        return lowered.expr.name, lowered.setup  # the terms already built it in place
+    var = names.fresh(prefix)
+    return var, (*lowered.setup, ir.Assign(var, lowered.expr, comment))
