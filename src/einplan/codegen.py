@@ -13,7 +13,7 @@ import torch
 
 from . import ir
 
-HEADER = "import torch\nfrom torch import Tensor\nfrom jaxtyping import Bool, Complex, Float, Int, Int64, Shaped\n"
+HEADER = "import torch\nfrom torch import Tensor\nfrom jaxtyping import Bool, Complex, Float, Int, Int64, Integer, Shaped\n"
 
 
 def _const(value) -> str:

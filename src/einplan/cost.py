@@ -132,3 +132,77 @@ def save_model(model: DeviceModel) -> Path:
     path.write_text(json.dumps(stored, indent=2, sort_keys=True))
     _loaded.pop(model.kind, None)
     return path
+
+
+# --- measuring the constants (einplan tune) ---------------------------------------------------
+
+
+def _median_seconds(fn, repeat: int = 15) -> float:
+    import time
+
+    fn()
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
+    """Measure this machine's constants with a handful of small torch kernels."""
+    kind = torch.device(device).type
+    base = DEFAULTS.get(kind, CPU)
+    sync = torch.cuda.synchronize if kind == "cuda" else (lambda: None)
+
+    def timed(fn, repeat=15):
+        def run():
+            fn()
+            sync()
+
+        return _median_seconds(run, 5 if quick else repeat)
+
+    opts = dict(device=device, dtype=torch.float32)
+    one = torch.ones(1, **opts)
+    op_overhead = timed(lambda: one * one, 200)
+    n = 512 if quick else 1024
+    a, b = torch.randn(n, n, **opts), torch.randn(n, n, **opts)
+    gemm_rate = 2 * n**3 / max(timed(lambda: a @ b) - op_overhead, 1e-9)
+    small = 16
+    s1, s2 = torch.randn(64, small, small, **opts), torch.randn(64, small, small, **opts)
+    per_small = (timed(lambda: s1 @ s2, 50) - op_overhead) / 64
+    efficiency = min(max(2 * small**3 / max(per_small, 1e-12) / gemm_rate, 1e-3), 0.999)
+    gemm_half = small * (1 - efficiency) / efficiency
+    count = 1 << (14 if quick else 16)
+    t1, t2 = torch.randn(count, 2, 2, **opts), torch.randn(count, 2, 2, **opts)
+    matrix_overhead = max((timed(lambda: torch.bmm(t1, t2)) - op_overhead) / count, 1e-10)
+    big = 1 << (22 if quick else 24)
+    x, y = torch.randn(big, **opts), torch.randn(big, **opts)
+    bandwidth = 3 * big * 4 / max(timed(lambda: x * y) - op_overhead, 1e-9)
+    cached = 1 << 14
+    u, v = x[:cached].clone(), y[:cached].clone()
+    cache_speedup = max(1.0, 3 * cached * 4 / max(timed(lambda: u * v, 100) - op_overhead, 1e-9) / bandwidth)
+    m = x[: big // 4].reshape(-1, 4)
+    w = y[: big // 4].reshape(-1, 4)
+    elementwise_time = timed(lambda: (m * w).sum(-1)) - 2 * op_overhead - (3 * m.numel() + m.shape[0]) * 4 / bandwidth
+    elementwise_rate = m.numel() / max(elementwise_time, m.numel() / 1e12)
+    unroll_term = max(timed(lambda: m[:, 0].mul(w[:, 0]), 30) - op_overhead - 3 * m.shape[0] * 4 / bandwidth, 0.0) + op_overhead
+    return replace(
+        base,
+        op_overhead=op_overhead,
+        gemm_rate=gemm_rate,
+        gemm_half=gemm_half,
+        matrix_overhead=matrix_overhead,
+        elementwise_rate=elementwise_rate,
+        bandwidth=bandwidth,
+        cache_speedup=cache_speedup,
+        unroll_term=unroll_term,
+    )
+
+
+def tune(device: str = "cpu", quick: bool = False) -> tuple[DeviceModel, Path]:
+    """Measure the constants for ``device`` and store them for later runs."""
+    model = measure(device, quick)
+    return model, save_model(model)

@@ -19,6 +19,7 @@ from .errors import PatternSyntaxError, at
 
 REDUCERS = ("sum", "max", "min", "mean", "logsumexp", "argmax", "argmin")
 MAX_PATTERN_LENGTH = 4096
+MAX_NESTING = 32  # parentheses deeper than this are refused
 
 
 # --- the AST -----------------------------------------------------------------
@@ -207,6 +208,19 @@ def _syntax_error(pattern: str, error: lark.exceptions.LarkError) -> PatternSynt
         char = pattern[column] if column < len(pattern) else ""
         if char == "-" and pattern[column : column + 2] != "->":
             message = "expected '->'"
+        elif char == "*":
+            end = column + 1
+            while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'"):
+                end += 1
+            message = (
+                f"{pattern[column:end]!r} is not a named group: write '*' then a name "
+                "(a letter or '_' first, no primes)"
+            )
+        elif char == ".":
+            end = column
+            while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'."):
+                end += 1
+            message = f"{pattern[column:end]!r} is not an axis: an ellipsis is '...', separated by spaces"
         elif char.isalnum() or char in "_'":
             end = column
             while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'"):
@@ -236,6 +250,19 @@ def _syntax_error(pattern: str, error: lark.exceptions.LarkError) -> PatternSynt
     return at(PatternSyntaxError, pattern, column, f"invalid einplan pattern: {message}")  # type: ignore[return-value]
 
 
+def _check_nesting(pattern: str) -> None:
+    depth = 0
+    for column, char in enumerate(pattern):
+        depth += (char == "(") - (char == ")")
+        if depth > MAX_NESTING:
+            raise at(
+                PatternSyntaxError,
+                pattern,
+                column,
+                f"invalid einplan pattern: composite axes nest deeper than {MAX_NESTING} levels",
+            )
+
+
 @functools.lru_cache(maxsize=2048)
 def parse(pattern: str) -> Pattern:
     """Parse ``pattern`` into a :class:`Pattern`, or raise ``PatternSyntaxError``."""
@@ -246,6 +273,7 @@ def parse(pattern: str) -> Pattern:
             f"invalid einplan pattern: {len(pattern)} characters is longer than "
             f"the limit of {MAX_PATTERN_LENGTH}: {pattern[:60]!r}..."
         )
+    _check_nesting(pattern)
     try:
         tree = _parser().parse(pattern)
     except lark.exceptions.LarkError as error:

@@ -735,7 +735,7 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
             values.append(Value(expr.name, axes))
             continue
         var = f"a{index}"
-        description = f"{' '.join(operand.axes)} -> {' '.join(axes)}"
+        description = f"{bound.resolved.pattern.inputs[index].text} -> {' '.join(axes)}"
         steps.append(Step("prepare", description, (ir.Assign(var, expr, f"prepare: {description}"),)))
         values.append(Value(var, axes))
     path = _path(values, keep, sizes)

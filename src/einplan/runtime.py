@@ -65,7 +65,7 @@ def _namespace() -> dict[str, Any]:
     import jaxtyping
 
     space: dict[str, Any] = {"torch": torch, "Tensor": torch.Tensor}
-    for kind in ("Bool", "Complex", "Float", "Int", "Int64", "Shaped"):
+    for kind in ("Bool", "Complex", "Float", "Int", "Int64", "Integer", "Shaped"):
         space[kind] = getattr(jaxtyping, kind)
     return space
 
@@ -88,8 +88,6 @@ def _check_signature(signature: tuple) -> None:
     for k, (shape, dtype, device) in enumerate(signature):
         if not (isinstance(shape, torch.Size) and isinstance(dtype, torch.dtype) and isinstance(device, torch.device)):
             raise TypeError(f"einplan operand {k} is not a torch.Tensor")
-    if not signature:
-        raise EinplanError("einplan needs at least one tensor")
     if len({d for _, d, _ in signature}) > 1:
         listed = ", ".join(f"operand {k} is {d}" for k, (_, d, _) in enumerate(signature))
         raise EinplanError(f"all operands must share one dtype: {listed}")
@@ -120,7 +118,7 @@ def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner
 def _program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit) -> Program:
     _check_signature(signature)
     shapes = [shape for shape, _, _ in signature]
-    dtype, device = signature[0][1], signature[0][2]
+    dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
     plan = make_plan(pattern, shapes, dtype, device, dict(sizes), planner.Options(lowering, memory_limit))
     source = render(plan)
     return Program(plan, source, compile_source(source))
@@ -131,7 +129,15 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: Optional[str] = None, mem
 
     >>> bl("b n, m n -> b m", x, A)          # x @ A.T, A never copied
     >>> bl("b (h d), h d e -> b h e", x, W, h=8)
+
+    Inside ``torch.compile`` the plan is looked up once at trace time (the
+    compiler treats it as a constant) and the generated code is traced as plain
+    torch ops: no graph break, and no recompilation while shapes stay the same.
     """
+    if torch.compiler.is_compiling():
+        from .kernel import traced_bl
+
+        return traced_bl(pattern, tensors, lowering, memory_limit, sizes)
     try:
         signature = tuple([(t.shape, t.dtype, t.device) for t in tensors])
         program = _program(pattern, signature, tuple(sizes.items()), lowering, memory_limit)

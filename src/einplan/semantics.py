@@ -275,21 +275,30 @@ def _check_ellipses(pattern: Pattern, operand: Operand, where: str) -> None:
                 raise _error(
                     PatternError, pattern, axis.column, f"{axis.text!r} appears twice in {where}"
                 )
+            if seen and where == "one operand":
+                raise _error(
+                    UnsupportedError,
+                    pattern,
+                    axis.column,
+                    "an operand may have one variadic group: with two, their lengths are ambiguous",
+                )
             seen.add(axis.text)
 
 
 def _check_groups(pattern: Pattern, items: Iterable[Item]) -> None:
     for item in items:
         if isinstance(item, Comp):
-            ids = [p.id for p in item.parts if isinstance(p, Ax)]
-            for i in ids:
-                if ids.count(i) > 1:
+            seen: set[str] = set()
+            for part in item.parts:
+                if isinstance(part, Ax) and part.id in seen:
                     raise _error(
                         PatternError,
                         pattern,
-                        item.column,
-                        f"axis {i!r} appears twice in one composite axis",
+                        part.column,
+                        f"axis {part.id!r} appears twice in one composite axis",
                     )
+                if isinstance(part, Ax):
+                    seen.add(part.id)
 
 
 def _validate(pattern: Pattern, inputs, output, clauses) -> None:
@@ -363,15 +372,21 @@ def _is_plain_name(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
 
 
+def _dim_word(base: str) -> str:
+    """A base name as a jaxtyping dim; names with a leading '_' mean something
+    else to jaxtyping, so they become '_' (unchecked there; einplan checks them)."""
+    return "_" if base.startswith("_") else base
+
+
 def _dims_of(items: Sequence[Item], bound: set[str], is_output: bool) -> str:
     words = []
     for item in items:
         if isinstance(item, Ax):
-            words.append(item.base)
+            words.append(_dim_word(item.base))
         elif isinstance(item, One):
             words.append("1")
         elif isinstance(item, Ell):
-            if item.group == "...":
+            if item.group == "..." or item.group.startswith("*_"):
                 words.append("...")
             else:
                 words.append(("" if is_output else "#") + item.group)
@@ -450,6 +465,8 @@ class _Sizes:
                 distinct.add(int(base))
             if len(distinct) > 1:
                 detail = ", ".join(f"{w} has {s}" for s, w in observations)
+                if base.isdigit():
+                    detail += f"; the pattern fixes it at {base}"
                 raise ShapeError(
                     f"axis {base!r} has conflicting sizes in '{self.resolved.pattern.source}': {detail}"
                 )
@@ -466,7 +483,7 @@ def _split_composites(resolved, comps: list[tuple[Comp, int, str]], sizes: _Size
             comp, total, where = entry
             bases = [p.base if isinstance(p, Ax) else "1" for p in comp.parts]
             unknown = [b for b in bases if sizes.known(b) is None]
-            known_product = math.prod(sizes.known(b) or 1 for b in bases if b not in unknown)
+            known_product = math.prod(sizes.known(b) for b in bases if b not in unknown)
             if len(set(unknown)) > 1:
                 continue
             pending.remove(entry)
@@ -491,7 +508,7 @@ def _split_composites(resolved, comps: list[tuple[Comp, int, str]], sizes: _Size
             raise ShapeError(
                 f"cannot split composite axis {_spell_item(comp)} of {where} (size {total}): "
                 f"sizes of {', '.join(repr(n) for n in names)} are unknown; "
-                f"give them as keywords, e.g. {names[0]}=..."
+                f"give them as keywords, e.g. {names[0]}=... (in '{resolved.pattern.source}')"
             )
 
 
@@ -513,10 +530,6 @@ def _ellipsis_lengths(resolved: Resolved, shapes) -> list[dict[str, int]]:
             raise ShapeError(
                 f"{_describe_operand(resolved, index)} needs at least {fixed} dims but the tensor "
                 f"has {len(shape)}, shape {tuple(shape)} (in '{resolved.pattern.source}')"
-            )
-        if len(groups) > 1:
-            raise UnsupportedError(
-                f"{_describe_operand(resolved, index)} has two variadic groups; their lengths are ambiguous"
             )
         lengths.append({groups[0]: len(shape) - fixed})
     return lengths
@@ -632,6 +645,7 @@ def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, key
         _bind_operand(resolved, i, items, shape, lengths[i], longest, ell_sizes, sizes, comps)
         for i, (items, shape) in enumerate(zip(resolved.inputs, shapes))
     ]
+    sizes.check()  # direct disagreements first: they are the real cause
     _split_composites(resolved, comps, sizes)
     base_sizes = sizes.check()
     id_sizes = dict(ell_sizes)
@@ -683,7 +697,10 @@ def jaxtyping_class(dtype: torch.dtype) -> str:
         return "Float"
     if dtype == torch.bool:
         return "Bool"
-    return "Int"
+    return "Integer"
+
+
+MAX_CHECKED_OPERANDS = 128  # jaxtyping checks the first 128 operands; einplan checks all
 
 
 @functools.lru_cache(maxsize=512)
@@ -706,8 +723,11 @@ def jaxtyping_check(resolved: Resolved, shapes, dtype: torch.dtype) -> None:
     if not resolved.input_dims:
         return
     fakes = tuple(torch.empty(tuple(s), dtype=dtype, device="meta") for s in shapes)
+    dims = resolved.input_dims
+    if len(dims) > MAX_CHECKED_OPERANDS:  # the type checker refuses huge tuple hints
+        dims, fakes = dims[:MAX_CHECKED_OPERANDS], fakes[:MAX_CHECKED_OPERANDS]
     try:
-        _checker(resolved.input_dims, jaxtyping_class(dtype))(fakes)
+        _checker(dims, jaxtyping_class(dtype))(fakes)
     except Exception as error:  # jaxtyping raises TypeCheckError (a TypeError) and others
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ShapeError(

@@ -1,0 +1,55 @@
+"""Golden tests of the generated source: it is a product surface, so it must not drift.
+
+Regenerate after an intended change with ``EINPLAN_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py``
+and review the diff.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import einplan
+from einplan import cost
+
+GOLDEN = Path(__file__).parent / "golden"
+
+CASES = {
+    "quadratic_form": ("b1 b2 n, n n, b1 b2 n -> b1 b2", [(80, 20, 64), (64, 64), (80, 20, 64)], {}),
+    "shared_matrix": ("b n, m n -> b m", [(100, 500), (1000, 500)], {"lowering": "matmul-broadcast"}),
+    "batched_dot": ("b1 b2 n, b1 b2 n -> b1 b2", [(80, 20, 64), (80, 20, 64)], {"lowering": "elementwise-sum"}),
+    "tiny_matmul_unrolled": ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], {"lowering": "unrolled"}),
+    "max_inner_product_index": ("m d, n d -> | argmax m n", [(2000, 128), (2000, 128)], {"memory_limit": 2**20}),
+    "logsumexp_scores": ("q d, k d -> q | logsumexp k", [(2000, 64), (3000, 64)], {"memory_limit": 2**20}),
+    "composite_split": ("b (h d), h d e -> b h e", [(5, 12), (3, 4, 7)], {"lowering": "matmul-broadcast"}),
+    "batched_trace": ("b n n -> b", [(7, 3, 3)], {}),
+    "named_ellipsis": ("*batch n, n m -> *batch m", [(2, 3, 4), (4, 5)], {"lowering": "matmul-broadcast"}),
+}
+
+
+@pytest.fixture(autouse=True)
+def default_cost_model(monkeypatch, tmp_path):
+    """Goldens use the shipped constants, never a tuned cache file."""
+    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
+    cost._loaded.clear()
+    yield
+    cost._loaded.clear()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_generated_source_matches_golden(name):
+    pattern, shapes, options = CASES[name]
+    source = einplan.code(pattern, *shapes, **options)
+    path = GOLDEN / f"{name}.py"
+    if os.environ.get("EINPLAN_UPDATE_GOLDEN"):
+        path.write_text(source)
+    assert path.exists(), f"no golden file {path}; run with EINPLAN_UPDATE_GOLDEN=1"
+    assert source == path.read_text()
+
+
+def test_quadratic_form_golden_is_matmul_then_multiply_sum():
+    source = (GOLDEN / "quadratic_form.py").read_text()
+    body = [line for line in source.splitlines() if "# " in line and "=" in line]
+    assert "torch.matmul" in body[0] and "matmul-broadcast" in body[0]
+    assert "elementwise-sum" in body[1] and ".sum(" in body[1]
+    assert "expand" not in source and "repeat" not in source
