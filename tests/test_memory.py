@@ -1,0 +1,113 @@
+"""Memory bounds, proved two ways: the planner's own accounting, and the
+process's peak resident memory measured around a call in a fresh subprocess."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import einplan
+from einplan import bl
+from einplan.plan import CHUNK_BYTES, CHUNKED
+from einplan.runtime import plan_for
+
+MiB = 2**20
+LINUX = Path("/proc/self/clear_refs").exists()
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "m d, n d -> | max m n",
+        "m d, n d -> | argmax m n",
+        "q d, k d -> q | logsumexp k",
+        "q d, k d -> q | argmin k",
+        "q d, k d -> k | mean q",
+    ],
+)
+@pytest.mark.parametrize("limit", [1 * MiB, 8 * MiB, 256 * MiB])
+def test_planner_accounting_keeps_chunks_under_the_limit(pattern, limit):
+    plan = plan_for(pattern, (20000, 128), (20000, 128), memory_limit=limit)
+    chunked = [s for s in plan.steps if s.kind == CHUNKED]
+    assert chunked, "a 1.6 GB intermediate must be chunked"
+    assert chunked[0].estimate.memory <= min(limit, CHUNK_BYTES)
+
+
+def test_small_reductions_are_not_chunked():
+    plan = plan_for("m d, n d -> | max m n", (20, 8), (30, 8))
+    assert all(s.kind != CHUNKED for s in plan.steps)
+
+
+def test_sum_product_whose_intermediate_exceeds_the_limit_is_chunked():
+    plan = plan_for("m d, n d -> m n", (300, 4), (400, 4), memory_limit=64 * 1024)
+    (step,) = [s for s in plan.steps if s.kind == CHUNKED]
+    assert step.estimate.memory <= 64 * 1024
+    a, b = torch.randn(300, 4, dtype=torch.float64), torch.randn(400, 4, dtype=torch.float64)
+    torch.testing.assert_close(bl("m d, n d -> m n", a, b, memory_limit=64 * 1024), a @ b.T)
+
+
+def test_output_that_cannot_fit_is_refused_before_allocation():
+    with pytest.raises(einplan.EinplanError, match=r"would take .*GiB"):
+        plan_for("m, n -> m n", (10**6,), (10**7,))
+
+
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from einplan import bl
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    pattern, m, n, d, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    torch.manual_seed(0)
+    a, b = torch.randn(m, d), torch.randn(n, d)
+    bl(pattern, a[:64], b[:64], memory_limit=limit)  # load the kernels and the plan machinery
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
+    before = status("VmRSS")
+    out = bl(pattern, a, b, memory_limit=limit)
+    peak = status("VmHWM")
+    print(peak - before)
+    """
+)
+
+
+def _peak_extra(pattern, m, n, d, limit):
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, pattern, str(m), str(n), str(d), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not LINUX, reason="needs /proc/self/clear_refs (Linux)")
+@pytest.mark.parametrize("pattern", ["m d, n d -> | max m n", "m d, n d -> | argmax m n", "m d, n d -> m | logsumexp n"])
+def test_measured_peak_stays_under_the_limit(pattern):
+    # the full 8000 x 8000 float32 product would take 244 MiB
+    limit = 32 * MiB
+    extra = _peak_extra(pattern, 8000, 8000, 64, limit)
+    assert extra <= limit + 8 * MiB, f"peak extra {extra / MiB:.1f} MiB over a {limit / MiB:.0f} MiB limit"
+
+
+@pytest.mark.skipif(not LINUX, reason="needs /proc/self/clear_refs (Linux)")
+def test_a_32_gb_intermediate_completes_under_the_limit():
+    # 92 682^2 float32 scores would take 32 GiB, more than this machine has
+    m = n = 92682
+    limit = 64 * MiB
+    plan = plan_for("m d, n d -> | max m n", (m, 2), (n, 2), memory_limit=limit)
+    full = m * n * 4
+    assert full > 32 * 2**30 * 0.999
+    (step,) = [s for s in plan.steps if s.kind == CHUNKED]
+    assert step.estimate.memory <= limit
+    extra = _peak_extra("m d, n d -> | max m n", m, n, 2, limit)
+    assert extra <= limit + 8 * MiB, f"peak extra {extra / MiB:.1f} MiB"
