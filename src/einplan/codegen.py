@@ -43,7 +43,8 @@ def _index_item(item) -> str:
     if isinstance(item, int):
         return repr(int(item))
     if isinstance(item, ir.Range):
-        return f"{expr(item.start)}:{expr(item.stop)}"
+        start = "" if item.start == ir.Const(None) else expr(item.start)
+        return f"{start}:{expr(item.stop)}"
     return expr(item)
 
 

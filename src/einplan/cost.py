@@ -22,13 +22,13 @@ class DeviceModel:
     kind: str  # "cpu" or "cuda"
     op_overhead: float  # seconds per torch op issued (dispatch, allocation)
     gemm_rate: float  # FLOP/s of a large float32 matmul
-    gemm_half: float  # matmul size (cube root of M*N*K) at which it reaches half its rate
+    gemm_half: float  # a matmul dim this long runs at half speed along it (M, N and K each)
     matrix_overhead: float  # seconds per matrix of a batched matmul
+    reduce_overhead: float  # seconds per output of a reduction (short reductions cost this each)
     elementwise_rate: float  # multiply-adds per second of a broadcast multiply and sum
     bandwidth: float  # bytes per second for data out of cache
     cache_bytes: float  # working sets below this are read at cache speed
     cache_speedup: float  # how much faster cached bytes move
-    unroll_term: float  # seconds per written-out term (one fused vector op per element)
 
     def seconds(self, estimate: "Estimate") -> float:
         bandwidth = self.bandwidth
@@ -38,9 +38,9 @@ class DeviceModel:
             estimate.ops * self.op_overhead
             + estimate.gemm_flops / max(self.gemm_rate * estimate.gemm_efficiency, 1.0)
             + estimate.matrices * self.matrix_overhead
+            + estimate.reductions * self.reduce_overhead
             + estimate.elementwise / self.elementwise_rate
             + estimate.bytes / bandwidth
-            + estimate.terms * self.unroll_term
         )
 
 
@@ -54,39 +54,44 @@ class Estimate:
     gemm_flops: float = 0.0
     gemm_efficiency: float = 1.0
     matrices: float = 0.0
+    reductions: float = 0.0  # outputs of a .sum over a short trailing axis
     elementwise: float = 0.0
     terms: float = 0.0
     memory: float = 0.0  # peak extra bytes the step allocates
 
     def gemm_eff(self, model: DeviceModel, m: int, n: int, k: int) -> "Estimate":
-        size = max(m * n * k, 1) ** (1 / 3)
-        return replace(self, gemm_efficiency=size / (size + model.gemm_half))
+        """Short dims starve a GEMM: each of M, N, K costs efficiency d / (d + half)."""
+        half = model.gemm_half
+        efficiency = 1.0
+        for d in (m, n, k):
+            efficiency *= max(d, 1) / (max(d, 1) + half)
+        return replace(self, gemm_efficiency=efficiency)
 
 
 CPU = DeviceModel(
     kind="cpu",
-    op_overhead=2.5e-6,
+    op_overhead=3.0e-6,
     gemm_rate=1.0e11,
-    gemm_half=12.0,
-    matrix_overhead=2.0e-8,
-    elementwise_rate=2.0e9,
-    bandwidth=1.0e10,
+    gemm_half=4.0,
+    matrix_overhead=1.0e-8,
+    reduce_overhead=5.0e-9,
+    elementwise_rate=5.0e9,
+    bandwidth=2.0e10,
     cache_bytes=4.0e6,
     cache_speedup=4.0,
-    unroll_term=1.0e-6,
 )
 
 CUDA = DeviceModel(
     kind="cuda",
     op_overhead=8.0e-6,
     gemm_rate=1.5e13,
-    gemm_half=48.0,
+    gemm_half=16.0,
     matrix_overhead=3.0e-9,
+    reduce_overhead=2.0e-11,
     elementwise_rate=2.0e11,
     bandwidth=5.0e11,
     cache_bytes=2.0e6,
     cache_speedup=2.0,
-    unroll_term=5.0e-6,
 )
 
 DEFAULTS = {"cpu": CPU, "cuda": CUDA}
@@ -174,7 +179,8 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     s1, s2 = torch.randn(64, small, small, **opts), torch.randn(64, small, small, **opts)
     per_small = (timed(lambda: s1 @ s2, 50) - op_overhead) / 64
     efficiency = min(max(2 * small**3 / max(per_small, 1e-12) / gemm_rate, 1e-3), 0.999)
-    gemm_half = small * (1 - efficiency) / efficiency
+    per_dim = efficiency ** (1 / 3)  # the model charges d / (d + half) for each of M, N, K
+    gemm_half = small * (1 - per_dim) / per_dim
     count = 1 << (14 if quick else 16)
     t1, t2 = torch.randn(count, 2, 2, **opts), torch.randn(count, 2, 2, **opts)
     matrix_overhead = max((timed(lambda: torch.bmm(t1, t2)) - op_overhead) / count, 1e-10)
@@ -184,21 +190,24 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     cached = 1 << 14
     u, v = x[:cached].clone(), y[:cached].clone()
     cache_speedup = max(1.0, 3 * cached * 4 / max(timed(lambda: u * v, 100) - op_overhead, 1e-9) / bandwidth)
-    m = x[: big // 4].reshape(-1, 4)
-    w = y[: big // 4].reshape(-1, 4)
-    elementwise_time = timed(lambda: (m * w).sum(-1)) - 2 * op_overhead - (3 * m.numel() + m.shape[0]) * 4 / bandwidth
+    # in cache, a long reduction prices the multiply-add per element ...
+    m, w = u.reshape(-1, 256), v.reshape(-1, 256)
+    elementwise_time = timed(lambda: (m * w).sum(-1), 100) - 2 * op_overhead
     elementwise_rate = m.numel() / max(elementwise_time, m.numel() / 1e12)
-    unroll_term = max(timed(lambda: m[:, 0].mul(w[:, 0]), 30) - op_overhead - 3 * m.shape[0] * 4 / bandwidth, 0.0) + op_overhead
+    # ... and a short one its cost per output
+    short = x[: big // 4].reshape(-1, 4)
+    short_time = timed(lambda: short.sum(-1)) - op_overhead - short.numel() * 4 / bandwidth
+    reduce_overhead = max(short_time / short.shape[0], 1e-12)
     return replace(
         base,
         op_overhead=op_overhead,
         gemm_rate=gemm_rate,
         gemm_half=gemm_half,
         matrix_overhead=matrix_overhead,
+        reduce_overhead=reduce_overhead,
         elementwise_rate=elementwise_rate,
         bandwidth=bandwidth,
         cache_speedup=cache_speedup,
-        unroll_term=unroll_term,
     )
 
 

@@ -173,6 +173,7 @@ def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model) -> Lo
         bytes=traffic * itemsize,
         ops=2 if summed else 1,
         elementwise=full,
+        reductions=out if summed and _numel(sizes, summed) < 64 else 0,
         memory=(full + out) * itemsize if summed else out * itemsize,
     )
     return Lowered(expr, tuple(kept), estimate)
@@ -232,6 +233,7 @@ def lower_matmul(a: Value, b: Value, keep, sizes, rank, dtype, model) -> Optiona
 
 
 UNROLL_TERMS = 16  # most terms the cost model may unroll; forcing allows up to 64
+VECTOR_MIN = 32  # an axis this long is a vector axis: unrolled terms run along it
 FORCED_UNROLL_TERMS = 64
 
 
@@ -250,10 +252,30 @@ def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=No
     terms = _numel(sizes, summed)
     if not summed or terms == 0 or terms > limit or any(x not in a.axes or x not in b.axes for x in summed):
         return None
+    setup: list = []
+    copied = 0
+    big = [x for x in kept if sizes[x] >= VECTOR_MIN]
+    if kept and sizes[kept[-1]] < VECTOR_MIN and big:
+        # lay the long axes last and contiguous, so each term is one vectorised op
+        kept = [x for x in kept if sizes[x] < VECTOR_MIN] + big
+        laid = []
+        for value in (a, b):
+            order = summed + [x for x in kept if x in value.axes]
+            permutation = tuple(value.axes.index(x) for x in order)
+            if permutation == tuple(range(len(order))):
+                laid.append(value)
+                continue
+            var = names.fresh("v")
+            moved = ir.Method(ir.permute(ir.Var(value.var), permutation), "contiguous")
+            setup.append(ir.Assign(var, moved, f"unrolled: lay {' '.join(order)} out, {' '.join(big)} last"))
+            laid.append(Value(var, tuple(order)))
+            copied += _numel(sizes, value.axes)
+        a, b = laid
+    inner = sizes[kept[-1]] if kept else 1
     target = names.fresh()
     indices = _index_tuples([sizes[x] for x in summed])
     first = ir.BinOp("*", _aligned_term(a, kept, summed, indices[0]), _aligned_term(b, kept, summed, indices[0]))
-    setup = [ir.Assign(target, first, f"unrolled: term {_term_name(summed, indices[0])}")]
+    setup.append(ir.Assign(target, first, f"unrolled: term {_term_name(summed, indices[0])}"))
     for index in indices[1:]:
         setup.append(
             ir.Do(
@@ -263,13 +285,20 @@ def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=No
         )
     itemsize = dtype.itemsize
     out = _numel(sizes, kept)
+    # short inner loops (an inner axis of 2 or 3) cost far more per element
+    inner_penalty = max(1.0, 8.0 / max(inner, 1))
+    # a term reads its slice; a strided slice (summed axes not leading) drags in whole cache lines
+    reads = sum(
+        _numel(sizes, v.axes) // terms if v.axes[: len(summed)] == tuple(summed) else _numel(sizes, v.axes)
+        for v in (a, b)
+    )
     estimate = Estimate(
         flops=2 * out * terms,
-        bytes=terms * (2 * out + _numel(sizes, a.axes) // terms + _numel(sizes, b.axes) // terms) * itemsize,
-        ops=terms,
-        elementwise=out * terms,
+        bytes=(2 * copied + terms * (2 * out + reads)) * itemsize,
+        ops=terms + (1 if copied else 0) * 2,
+        elementwise=out * terms * inner_penalty,
         terms=terms,
-        memory=out * itemsize,
+        memory=(out + copied) * itemsize,
     )
     return Lowered(ir.Var(target), tuple(kept), estimate, tuple(setup))
 
