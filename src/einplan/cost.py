@@ -30,18 +30,22 @@ class DeviceModel:
     cache_bytes: float  # working sets below this are read at cache speed
     cache_speedup: float  # how much faster cached bytes move
 
-    def seconds(self, estimate: "Estimate") -> float:
+    def breakdown(self, estimate: "Estimate") -> dict[str, float]:
+        """Seconds per cost term: what a step's estimate is made of."""
         bandwidth = self.bandwidth
         if estimate.bytes <= self.cache_bytes:
             bandwidth *= self.cache_speedup
-        return (
-            estimate.ops * self.op_overhead
-            + estimate.gemm_flops / max(self.gemm_rate * estimate.gemm_efficiency, 1.0)
-            + estimate.matrices * self.matrix_overhead
-            + estimate.reductions * self.reduce_overhead
-            + estimate.elementwise / self.elementwise_rate
-            + estimate.bytes / bandwidth
-        )
+        return {
+            "torch ops": estimate.ops * self.op_overhead,
+            "GEMM": estimate.gemm_flops / max(self.gemm_rate * estimate.gemm_efficiency, 1.0),
+            "per-matrix overhead": estimate.matrices * self.matrix_overhead,
+            "short reductions": estimate.reductions * self.reduce_overhead,
+            "elementwise work": estimate.elementwise / self.elementwise_rate,
+            "memory traffic": estimate.bytes / bandwidth,
+        }
+
+    def seconds(self, estimate: "Estimate") -> float:
+        return sum(self.breakdown(estimate).values())
 
 
 @dataclass(frozen=True)

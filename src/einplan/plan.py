@@ -463,7 +463,7 @@ def _rank_function(bound: Bound):
 
 # --- chunked reduction -------------------------------------------------------------------------
 
-CHUNK_BYTES = 32 * 2**20  # default budget of one chunk (buffer plus the reduction's temporaries)
+CHUNK_BYTES = 8 * 2**20  # default budget of one chunk (buffer plus the reduction's temporaries)
 DEFAULT_MEMORY_LIMIT = 256 * 2**20  # a step whose intermediate is larger is computed in chunks
 TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0, "argmax": 1.0, "argmin": 1.0}
 

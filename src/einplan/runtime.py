@@ -230,10 +230,33 @@ def describe(plan: planner.Plan) -> str:
             )
         for candidate in step.candidates:
             mark = "*" if candidate.lowering == step.kind else " "
-            lines.append(f"     {mark} {candidate.lowering:<18} est. {candidate.seconds * 1e6:9.1f} us")
+            terms = plan.model.breakdown(candidate.estimate)
+            main = max(terms, key=terms.get)
+            lines.append(
+                f"     {mark} {candidate.lowering:<18} est. {candidate.seconds * 1e6:9.1f} us"
+                f"  (mostly {main})"
+            )
+        lines.extend(_why(step, plan))
     lines.append("source:")
     lines.append(render(plan))
     return "\n".join(lines)
+
+
+def _why(step, plan) -> list[str]:
+    """One line saying why the winner won: forced, memory, or cheaper than the runner-up."""
+    if len(step.candidates) < 2:
+        return []
+    if plan.options.lowering is not None and step.kind == plan.options.lowering:
+        return [f"     why: {step.kind} was forced"]
+    winner = next((c for c in step.candidates if c.lowering == step.kind), None)
+    others = sorted((c for c in step.candidates if c.lowering != step.kind), key=lambda c: c.seconds)
+    if winner is None or not others:
+        return []
+    if step.kind == planner.CHUNKED:
+        return [f"     why: the full intermediate would take {_human(step.candidates[0].estimate.memory)}B; chunks keep it under the memory budget"]
+    runner = others[0]
+    ratio = runner.seconds / max(winner.seconds, 1e-12)
+    return [f"     why: {ratio:.2g}x cheaper than {runner.lowering}, the next best"]
 
 
 def explain(pattern: str, *tensors_or_shapes, **options) -> str:
