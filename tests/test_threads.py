@@ -14,7 +14,7 @@ import torch
 import einplan
 
 THREADS = 8
-CALLS = 200
+CALLS = 1000
 
 
 def ints(*shape, dtype=torch.float64, seed=0):
@@ -125,3 +125,21 @@ def test_errors_in_threads_stay_in_their_thread():
     for thread in threads:
         thread.join(timeout=60)
     assert failures == []
+
+
+def test_cache_is_lru_with_a_settable_limit():
+    from einplan import runtime
+
+    try:
+        runtime.set_cache_size(16)
+        x = torch.ones(2, 3)
+        for n in range(1, 60):
+            einplan.bl("a b, b c -> a c", x[:, :1].expand(2, n).contiguous(), torch.ones(n, 2))
+            assert einplan.cache_info().currsize <= 16
+        assert einplan.cache_info().currsize == 16
+        # the most recent signature is still cached: calling it again is a hit
+        hits = einplan.cache_info().hits
+        einplan.bl("a b, b c -> a c", torch.ones(2, 59), torch.ones(59, 2))
+        assert einplan.cache_info().hits == hits + 1
+    finally:
+        runtime.set_cache_size(runtime.CACHE_SIZE)

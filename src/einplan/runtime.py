@@ -114,14 +114,24 @@ def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner
     return planner.build(bound, options, load_model(device))
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def _program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit) -> Program:
+def _build_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit) -> Program:
     _check_signature(signature)
     shapes = [shape for shape, _, _ in signature]
     dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
     plan = make_plan(pattern, shapes, dtype, device, dict(sizes), planner.Options(lowering, memory_limit))
     source = render(plan)
     return Program(plan, source, compile_source(source))
+
+
+_program = functools.lru_cache(maxsize=CACHE_SIZE)(_build_program)
+
+
+def set_cache_size(size: int) -> None:
+    """Keep at most ``size`` plans (least recently used dropped first); clears the cache."""
+    global _program
+    if not isinstance(size, int) or size < 1:
+        raise EinplanError(f"the plan cache size must be a positive int, got {size!r}")
+    _program = functools.lru_cache(maxsize=size)(_build_program)
 
 
 def bl(pattern: str, *tensors: torch.Tensor, lowering: Optional[str] = None, memory_limit: Optional[int] = None, **sizes: int):
