@@ -1,0 +1,138 @@
+"""The planner's choices: what a torch expert would hand-write, per size range and
+device.  CUDA plans are made from a device description, so no GPU is needed;
+tests that need a real GPU are marked and skip cleanly without one."""
+
+import json
+
+import pytest
+import torch
+
+import einplan
+from einplan import cost
+from einplan.plan import CHUNKED, ELEMENTWISE, MATMUL, UNROLLED
+from einplan.runtime import plan_for
+
+
+@pytest.fixture(autouse=True)
+def shipped_constants(monkeypatch, tmp_path):
+    """Decisions are tested with the shipped constants, never a tuned cache file."""
+    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
+    cost._loaded.clear()
+    yield
+    cost._loaded.clear()
+
+
+def kinds(pattern, *shapes, **options):
+    return [s.kind for s in plan_for(pattern, *shapes, **options).steps if s.kind not in ("prepare", "reduce")]
+
+
+CPU_CHOICES = [
+    # seed 001: matmul for the shared matrix, multiply+sum for the dot product
+    ("b1 b2 n, n n, b1 b2 n -> b1 b2", [(80, 20, 64), (64, 64), (80, 20, 64)], [MATMUL, ELEMENTWISE]),
+    ("b1 b2 n, b1 b2 n -> b1 b2", [(80, 20, 64), (80, 20, 64)], [ELEMENTWISE]),
+    ("b n, n m -> b m", [(1600, 64), (64, 64)], [MATMUL]),
+    # seed 000: a shared matrix times a batch of vectors is one GEMM
+    ("b n, m n -> b m", [(100, 500), (1000, 500)], [MATMUL]),
+    ("b n, m n -> b m", [(10000, 500), (1000, 500)], [MATMUL]),
+    ("b1 b2 m n, b1 b2 n p -> b1 b2 m p", [(4, 5, 32, 32), (4, 5, 32, 32)], [MATMUL]),
+    # a dot product over 3 elements: three fused multiply-adds, no reduction kernel
+    ("b n, b n -> b", [(1000000, 3), (1000000, 3)], [UNROLLED]),
+    # seed 002 on a CPU: written-out arithmetic for millions of 2x2 products
+    ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], [UNROLLED]),
+    # a Hadamard product has nothing to contract: a broadcast multiply
+    ("b n, b n -> b n", [(1000, 64), (1000, 64)], [ELEMENTWISE]),
+]
+
+
+@pytest.mark.parametrize("pattern, shapes, expected", CPU_CHOICES, ids=[c[0] + str(c[1][0]) for c in CPU_CHOICES])
+def test_cpu_choices(pattern, shapes, expected):
+    assert kinds(pattern, *shapes) == expected
+
+
+def test_reductions_over_huge_intermediates_are_chunked():
+    assert kinds("m d, n d -> | max m n", (20000, 128), (20000, 128)) == [CHUNKED]
+    assert kinds("q d, k d -> q | logsumexp k", (20000, 64), (20000, 64)) == [CHUNKED]
+    assert kinds("m d, n d -> | argmax m n", (20000, 128), (20000, 128)) == [CHUNKED]
+
+
+def test_shared_operand_is_never_expanded_or_copied():
+    for pattern, shapes in [
+        ("b1 b2 n, n n, b1 b2 n -> b1 b2", [(80, 20, 64), (64, 64), (80, 20, 64)]),
+        ("b n, m n -> b m", [(100, 500), (1000, 500)]),
+        ("n n, b1 b2 n -> b1 b2 n", [(64, 64), (80, 20, 64)]),
+    ]:
+        source = einplan.code(pattern, *shapes)
+        assert "expand" not in source and "repeat" not in source and "contiguous" not in source, source
+
+
+CUDA_CHOICES = [
+    ("b1 b2 n, n n, b1 b2 n -> b1 b2", [(80, 20, 64), (64, 64), (80, 20, 64)], [MATMUL, ELEMENTWISE]),
+    ("b n, m n -> b m", [(10000, 500), (1000, 500)], [MATMUL]),
+    # seed 002 on a GPU: bmm of 262144 tiny matrices is 40x slower than
+    # broadcast arithmetic, and the broadcast multiply-sum is the eager winner there
+    ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], [ELEMENTWISE]),
+    ("b i j, b j k -> b i k", [(262144, 3, 3), (262144, 3, 3)], [ELEMENTWISE]),
+]
+
+
+@pytest.mark.parametrize("pattern, shapes, expected", CUDA_CHOICES, ids=[c[0] + str(c[1][0]) for c in CUDA_CHOICES])
+def test_cuda_choices_without_a_gpu(pattern, shapes, expected):
+    plan = plan_for(pattern, *shapes, device="cuda")
+    assert plan.model.kind == "cuda"
+    assert [s.kind for s in plan.steps if s.kind not in ("prepare", "reduce")] == expected
+
+
+def test_cuda_never_uses_matmul_for_integers():
+    plan = plan_for("b n, m n -> b m", (100, 50), (60, 50), device="cuda", dtype=torch.int64)
+    assert all(c.lowering != MATMUL for s in plan.steps for c in s.candidates)
+    cpu = plan_for("b n, m n -> b m", (100, 50), (60, 50), device="cpu", dtype=torch.int64)
+    assert any(c.lowering == MATMUL for s in cpu.steps for c in s.candidates)
+
+
+def test_cpu_and_cuda_constants_differ():
+    assert cost.load_model("cpu") != cost.load_model("cuda")
+    assert cost.load_model("cuda").op_overhead > cost.load_model("cpu").op_overhead
+
+
+def test_explain_shows_every_candidate_and_why():
+    text = einplan.explain("b1 b2 n, n n, b1 b2 n -> b1 b2", (80, 20, 64), (64, 64), (80, 20, 64))
+    assert "b1 b2 n, n n', b1 b2 n' -> b1 b2" in text
+    assert text.count("why:") == 2
+    for lowering in (MATMUL, ELEMENTWISE):
+        assert f"{lowering:<18} est." in text
+    forced = einplan.explain("b n, m n -> b m", (4, 4), (4, 4), lowering=ELEMENTWISE)
+    assert "why: elementwise-sum was forced" in forced
+
+
+def test_tune_stores_constants_that_later_runs_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
+    cost._loaded.clear()
+    model, path = cost.tune("cpu", quick=True)
+    assert path == tmp_path / "device_models.json" and path.exists()
+    stored = json.loads(path.read_text())["cpu"]
+    assert stored["gemm_rate"] == model.gemm_rate > 0
+    cost._loaded.clear()
+    assert cost.load_model("cpu") == model
+    # a corrupt file falls back to the shipped defaults
+    path.write_text("{not json")
+    cost._loaded.clear()
+    assert cost.load_model("cpu") == cost.CPU
+
+
+def test_tuned_constants_change_decisions(tmp_path, monkeypatch):
+    """A machine whose GEMM is very slow should stop choosing matmul for a GEMV-like step."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
+    cost.save_model(replace(cost.CPU, gemm_rate=1e6))
+    cost._loaded.clear()
+    assert kinds("b n, n m -> b m", (1600, 64), (64, 64)) != [MATMUL]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_results_match_einsum():
+    a = torch.randn(1000, 3, 3, device="cuda", dtype=torch.float64)
+    b = torch.randn(1000, 3, 3, device="cuda", dtype=torch.float64)
+    for lowering in (None, MATMUL, ELEMENTWISE, UNROLLED):
+        torch.testing.assert_close(einplan.bl("b i j, b j k -> b i k", a, b, lowering=lowering), a @ b)
