@@ -12,6 +12,7 @@ step, ``cost`` model), ``codegen`` (source), ``runtime`` (cache, ``bl``,
 from .errors import EinplanError, PatternError, PatternSyntaxError, ShapeError, UnsupportedError
 from .plan import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, UNROLLED
 from .runtime import bl, cache_info, clear_cache, code, explain
+from .kernels import Kernel, kernel
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,8 @@ __all__ = [
     "bl",
     "code",
     "explain",
+    "kernel",
+    "Kernel",
     "cache_info",
     "clear_cache",
     "EinplanError",

@@ -145,7 +145,7 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: Optional[str] = None, mem
     torch ops: no graph break, and no recompilation while shapes stay the same.
     """
     if torch.compiler.is_compiling():
-        from .kernel import traced_bl
+        from .kernels import traced_bl
 
         return traced_bl(pattern, tensors, lowering, memory_limit, sizes)
     try:
