@@ -585,7 +585,6 @@ def w5(cfg: Config, sgemm_flops: Optional[float]) -> list:
     block = torch.empty(chunk, N)
     t_block = time_one(lambda: torch.mm(A[:chunk], B.T, out=block), warmup=1,
                        budget_s=0.2 if cfg.quick else 1.0, min_repeat=5, max_repeat=20)
-    del block
     shaped_bound = flops / (2.0 * chunk * N * D / (t_block.median_us * 1e-6)) * 1e6
 
     def bound_rows():

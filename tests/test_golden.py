@@ -40,7 +40,7 @@ def default_cost_model(monkeypatch, tmp_path):
 def test_generated_source_matches_golden(name):
     pattern, shapes, options = CASES[name]
     source = einplan.code(pattern, *shapes, **options)
-    path = GOLDEN / f"{name}.py"
+    path = GOLDEN / f"{name}.txt"
     if os.environ.get("EINPLAN_UPDATE_GOLDEN"):
         path.write_text(source)
     assert path.exists(), f"no golden file {path}; run with EINPLAN_UPDATE_GOLDEN=1"
@@ -48,7 +48,7 @@ def test_generated_source_matches_golden(name):
 
 
 def test_quadratic_form_golden_is_matmul_then_multiply_sum():
-    source = (GOLDEN / "quadratic_form.py").read_text()
+    source = (GOLDEN / "quadratic_form.txt").read_text()
     body = [line for line in source.splitlines() if "# " in line and "=" in line]
     assert "torch.matmul" in body[0] and "matmul-broadcast" in body[0]
     assert "elementwise-sum" in body[1] and ".sum(" in body[1]

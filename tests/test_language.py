@@ -240,3 +240,12 @@ def test_jaxtyping_annotations_use_the_pattern_words():
     assert "'#*batch n'" in source and "'*batch m'" in source
     source = einplan.code("b h n d -> b n (h d)", (2, 3, 4, 5))
     assert "'b n h*d'" in source
+
+
+def test_composite_diagonal_as_einx_reads_it():
+    x = rand(16)
+    torch.testing.assert_close(bl("(a a) -> a", x), x.reshape(4, 4).diagonal())
+    y = rand(3, 9)
+    torch.testing.assert_close(bl("b (n n) -> b", y), torch.einsum("bii->b", y.reshape(3, 3, 3)))
+    with pytest.raises(einplan.ShapeError, match="does not divide into 2 equal factors"):
+        bl("(a a) -> a", rand(15))

@@ -388,7 +388,7 @@ def cmd_bench(args) -> int:
             continue
         rows.append((lowering, *_measure(forced, tensors, expected, device, args.repeat)))
     rows.append((f"default ({', '.join(kinds)})", *_measure(default, tensors, expected, device, args.repeat)))
-    rows.append((f"torch.einsum", *_measure(reference, tensors, expected, device, args.repeat)))
+    rows.append(("torch.einsum", *_measure(reference, tensors, expected, device, args.repeat)))
 
     print(f"pattern:  {args.pattern}")
     print(f"primed:   {default.plan_object.bound.resolved.primed}")

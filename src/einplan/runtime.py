@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from . import codegen, ir, plan as planner
+from . import codegen, plan as planner
 from .cost import load_model
 from .errors import EinplanError, ShapeError
 from .semantics import Bound, bind, jaxtyping_check, jaxtyping_class, resolve

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence, Union
 import torch
 
 from .errors import PatternError, ShapeError, UnsupportedError, at
-from .parse import Clause, Ellipsis_, Group, Literal, Name, Operand, Pattern, parse
+from .parse import Ellipsis_, Group, Literal, Name, Operand, Pattern, parse
 
 # --- resolved (shape-free) axes ------------------------------------------------
 
@@ -305,8 +305,7 @@ def _validate(pattern: Pattern, inputs, output, clauses) -> None:
     for operand in pattern.inputs:
         _check_ellipses(pattern, operand, "one operand")
     _check_ellipses(pattern, pattern.output, "the output")
-    for items in (*inputs, output):
-        _check_groups(pattern, items)
+    _check_groups(pattern, output)  # in an input, (a a) is a diagonal, as a a is
     input_ids = {a.id for items in inputs for a in _axes_of(items)}
     input_groups = {i.group for items in inputs for i in items if isinstance(i, Ell)}
     seen_out: set[str] = set()
@@ -489,13 +488,16 @@ def _split_composites(resolved, comps: list[tuple[Comp, int, str]], sizes: _Size
             pending.remove(entry)
             progress = True
             if unknown:
-                if known_product == 0 or total % known_product:
+                power = len(unknown)  # (a a) holds a twice: its size is the square root
+                size = _integer_root(total // known_product, power) if known_product else None
+                if size is None or known_product * size**power != total:
                     raise ShapeError(
                         f"composite axis {_spell_item(comp)} of {where} has size {total}, "
-                        f"which the known part {known_product} does not divide "
+                        f"which the known part {known_product} does not divide"
+                        f"{'' if power == 1 else f' into {power} equal factors'} "
                         f"(in '{resolved.pattern.source}')"
                     )
-                sizes.add(unknown[0], total // known_product, f"{where} split")
+                sizes.add(unknown[0], size, f"{where} split")
             elif known_product != total:
                 detail = " * ".join(f"{b}={sizes.known(b)}" for b in bases)
                 raise ShapeError(
@@ -510,6 +512,17 @@ def _split_composites(resolved, comps: list[tuple[Comp, int, str]], sizes: _Size
                 f"sizes of {', '.join(repr(n) for n in names)} are unknown; "
                 f"give them as keywords, e.g. {names[0]}=... (in '{resolved.pattern.source}')"
             )
+
+
+def _integer_root(value: int, power: int) -> int | None:
+    """The integer r with r**power == value, if there is one."""
+    if power == 1:
+        return value
+    root = round(value ** (1 / power))
+    for candidate in (root - 1, root, root + 1):
+        if candidate >= 0 and candidate**power == value:
+            return candidate
+    return None
 
 
 def _ellipsis_lengths(resolved: Resolved, shapes) -> list[dict[str, int]]:
