@@ -22,6 +22,7 @@ from .semantics import Bound
 
 
 REDUCE_CALLS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
+ARG_REDUCERS = ("argmax", "argmin")
 
 
 def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype, names: Names):
@@ -48,17 +49,25 @@ def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype
         moved = ir.permute(source, tuple(value.axes.index(a) for a in layout))
         flat = ir.reshape(moved, tuple(sizes[a] for a in rest) + (_numel(sizes, ids),))
         index = names.fresh()
-        statements = [
-            ir.Assign(index, ir.Method(flat, reducer, (ir.Const(-1),)), f"reduce: {reducer} over ({' '.join(ids)}) flattened"),
-            ir.Assign(var, ir.Call("torch.unravel_index", (ir.Var(index), ir.Const(tuple(sizes[a] for a in ids)))), "one index tensor per axis"),
-        ]
-        parts = []
-        for k, axis in enumerate(ids):
-            part = names.fresh()
-            statements.append(ir.Assign(part, ir.Index(ir.Var(var), (k,)), f"index along {axis}"))
-            parts.append(Value(part, rest))
-        return statements, parts
+        flat_index = ir.Assign(index, ir.Method(flat, reducer, (ir.Const(-1),)), f"reduce: {reducer} over ({' '.join(ids)}) flattened")
+        statements, parts = _index_per_axis(var, index, ids, rest, sizes, names)
+        return [flat_index] + statements, parts
     return [ir.Assign(var, expr, f"reduce: {reducer} {' '.join(ids)}")], [Value(var, rest)]
+
+
+def _index_per_axis(var: str, index: str, ids, rest, sizes, names: Names) -> tuple[list, list[Value]]:
+    """Unravel the flat ``index`` over ``ids`` into ``var``: one index value per axis.
+
+    Returns (statements, values).
+    """
+    shape = ir.Const(tuple(sizes[a] for a in ids))
+    statements = [ir.Assign(var, ir.Call("torch.unravel_index", (ir.Var(index), shape)), "one index tensor per axis")]
+    values = []
+    for k, axis in enumerate(ids):
+        part = names.fresh()
+        statements.append(ir.Assign(part, ir.Index(ir.Var(var), (k,)), f"index along {axis}"))
+        values.append(Value(part, rest))
+    return statements, values
 
 
 # --- chunked reduction -------------------------------------------------------------------------
@@ -66,6 +75,10 @@ def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype
 CHUNK_BYTES = 8 * 2**20  # default budget of one chunk (buffer plus the reduction's temporaries)
 DEFAULT_MEMORY_LIMIT = 256 * 2**20  # a step whose intermediate is larger is computed in chunks
 TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0, "argmax": 1.0, "argmin": 1.0}
+
+DEVICE_OF = "x0"  # new tensors are made on this input's device
+GRAD_FLAG = "grad"  # True when autograd is recording: matmul must not write into the buffer then
+MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "torch.logaddexp"}
 
 
 def _extreme(dtype: torch.dtype, low: bool):
@@ -76,20 +89,21 @@ def _extreme(dtype: torch.dtype, low: bool):
     return info.min if low else info.max
 
 
-def _full(shape, value, dtype, device_of: str) -> ir.Expr:
-    return ir.Call(
-        "torch.full",
-        (ir.Const(tuple(shape)), ir.Const(value)),
-        (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(device_of), "device"))),
-    )
+def _on_device(dtype) -> tuple:
+    """The ``dtype=..., device=x0.device`` keywords of a new tensor."""
+    return (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(DEVICE_OF), "device")))
 
 
-def _empty(shape, dtype, device_of: str) -> ir.Expr:
-    return ir.Call(
-        "torch.empty",
-        (ir.Const(tuple(shape)),),
-        (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(device_of), "device"))),
-    )
+def _full(shape, value, dtype) -> ir.Expr:
+    return ir.Call("torch.full", (ir.Const(tuple(shape)), ir.Const(value)), _on_device(dtype))
+
+
+def _empty(shape, dtype) -> ir.Expr:
+    return ir.Call("torch.empty", (ir.Const(tuple(shape)),), _on_device(dtype))
+
+
+def _zeros(shape, dtype) -> ir.Expr:
+    return ir.Call("torch.zeros", (ir.Const(tuple(shape)),), _on_device(dtype))
 
 
 def _slice(value: Value, axis: str, start: ir.Expr, length: int) -> ir.Expr:
@@ -101,19 +115,22 @@ def _slice(value: Value, axis: str, start: ir.Expr, length: int) -> ir.Expr:
 
 @dataclass(frozen=True)
 class _Chunking:
+    """How a step was cut into chunks (shown in the step's description)."""
+
     axis: str
     mode: str  # "output": write slices; "reduce": combine the first clause; "sum": add partial sums
     rows: int
 
 
 def _chunk_axis(a: Value, b: Value, clauses, output_axes, keep, sizes) -> Optional[tuple[str, str]]:
+    """The axis to cut into chunks and the mode, or None when there is no axis to cut."""
     union = list(dict.fromkeys(a.axes + b.axes))
     outputs = [x for x in output_axes if x in union and sizes[x] > 1]
     if outputs:
         return max(outputs, key=lambda x: sizes[x]), "output"
     if clauses:
         reducer, ids = clauses[0]
-        if reducer in ("argmax", "argmin"):
+        if reducer in ARG_REDUCERS:
             return ids[0], "reduce"
         return max(ids, key=lambda x: sizes[x]), "reduce"
     contracted = [x for x in union if x not in keep]
@@ -123,190 +140,319 @@ def _chunk_axis(a: Value, b: Value, clauses, output_axes, keep, sizes) -> Option
     return (everything[0], "output") if everything else None
 
 
+class _ChunkLoop:
+    """The last contraction, computed in chunks of ``axis`` inside a ``for i in range(...)`` loop.
+
+    Each subclass is one mode and says what happens around the chunks:
+    ``setup`` (before the loops), ``combine`` (folds one chunk in) and
+    ``finish`` (after the loops; also returns the result values).
+    """
+
+    mode = ""
+
+    def __init__(self, a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model, options, names: Names, axis: str, budget):
+        self.a, self.b = a, b
+        self.clauses = clauses
+        self.bound = bound
+        self.dtype = bound.dtype
+        self.keep, self.sizes, self.rank = keep, sizes, rank
+        self.model, self.options, self.names = model, options, names
+        self.axis = axis
+        self.total = sizes[axis]
+        self.i = ir.Var("i")  # the loop variable: where the chunk starts
+        self.inner, self.full = self._inner_lowering()
+        self.per_row, self.rows = self._rows_per_chunk(budget)
+        self.buffer: str | None = None  # the reused out= buffer, if matmul can write into it
+
+    def build(self):
+        """(statements, result values, estimate, inner lowering, chunking) of the step."""
+        statements = self.buffer_setup() + self.setup()
+        finish, results = self.finish()  # built before the loops: its names are numbered ahead of theirs
+        statements += self.loops() + finish
+        for reducer, ids in self.remaining_clauses():
+            (current,) = results
+            more, results = reduce_clause(current, reducer, ids, self.sizes, self.dtype, self.names)
+            statements.extend(more)
+        return statements, results, self.estimate(), self.inner, _Chunking(self.axis, self.mode, self.rows)
+
+    # --- sizing
+
+    def _axis_first(self, x: str) -> tuple:
+        """The planner's axis order, with the chunked axis first."""
+        return (-1, 0) if x == self.axis else self.rank(x)
+
+    def _inner_lowering(self):
+        """The lowering of the whole contraction (name, Lowered), priced without the chunks."""
+        lowering = self.options.lowering if self.options.lowering in CONTRACTIONS else None
+        inner_options = Options(lowering, self.options.memory_limit)
+        probe = Names(self.names.count)
+        inner, full, _ = choose(self.a, self.b, self.keep, self.sizes, self._axis_first, self.dtype, self.model, inner_options, probe)
+        return inner, full
+
+    def _rows_per_chunk(self, budget) -> tuple[float, int]:
+        """Bytes per row of the chunked axis, and how many rows fit in ``budget``."""
+        factor = max((TEMPORARIES[r] for r, _ in self.clauses), default=1.0)
+        per_row = max(self.full.estimate.memory / max(self.total, 1), self.dtype.itemsize) * factor
+        rows = int(max(1, min(self.total, budget // per_row))) if self.total else 1
+        return per_row, rows
+
+    def estimate(self):
+        """The full step's estimate, with one set of ops per chunk and one chunk's memory."""
+        chunks = max(1, math.ceil(self.total / self.rows))
+        ops = self.full.estimate.ops * chunks + 2 * len(self.clauses) * chunks
+        return replace(self.full.estimate, ops=ops, memory=self.rows * self.per_row)
+
+    # --- the reused buffer
+
+    def buffer_setup(self) -> list:
+        """Allocate the chunk buffer and the grad flag, when matmul can write into it."""
+        if self.inner != MATMUL:
+            return []
+        chunk_sizes = dict(self.sizes, **{self.axis: self.rows})
+        probe = _lower(self.inner, self.a, self.b, self.keep, chunk_sizes, self._axis_first, self.dtype, self.model, Names(), False)
+        if not (isinstance(probe.expr, ir.Call) and probe.axes[0] == self.axis):
+            return []
+        self.buffer = self.names.fresh("buf")
+        shape = tuple(self.rows if x == self.axis else self.sizes[x] for x in probe.axes)
+        size = _human_bytes(math.prod(shape) * self.dtype.itemsize)
+        inputs_grad = ir.BoolOp("or", tuple(ir.Attr(ir.Var(f"x{k}"), "requires_grad") for k in range(len(self.bound.operands))))
+        grad = ir.BoolOp("and", (ir.Call("torch.is_grad_enabled", ()), inputs_grad))
+        return [
+            ir.Assign(self.buffer, _empty(shape, self.dtype), f"chunk buffer, {size}"),
+            ir.Assign(GRAD_FLAG, grad, "out= buffers do not carry gradients"),
+        ]
+
+    def _into_buffer(self, lowered, length: int) -> ir.Expr:
+        """The chunk's matmul with ``out=`` the buffer (or its first ``length`` rows)."""
+        expr = lowered.expr
+        is_matmul = isinstance(expr, ir.Call) and expr.func == "torch.matmul"
+        if self.buffer is None or not is_matmul or lowered.axes[0] != self.axis:
+            return expr
+        target = ir.Var(self.buffer)
+        if length != self.rows:
+            target = ir.Index(target, (ir.Range(ir.Const(None), ir.Const(length)),))
+        return ir.Call(expr.func, expr.args, (("out", ir.IfExp(ir.Var(GRAD_FLAG), ir.Const(None), target)),))
+
+    # --- the loops
+
+    def chunk(self, length: int) -> tuple[list, Value, dict]:
+        """Slice the operands and contract one chunk of ``length`` rows.
+
+        Returns the statements, the chunk's value and the sizes within the chunk.
+        """
+        chunk_sizes = dict(self.sizes, **{self.axis: length})
+        statements = []
+        parts = []
+        for value in (self.a, self.b):
+            if self.axis in value.axes:
+                var = self.names.fresh("c")
+                statements.append(ir.Assign(var, _slice(value, self.axis, self.i, length), f"chunk of {self.axis}"))
+                value = Value(var, value.axes)
+            parts.append(value)
+        forced = self.options.lowering == self.inner
+        lowered = _lower(self.inner, parts[0], parts[1], self.keep, chunk_sizes, self._axis_first, self.dtype, self.model, self.names, forced)
+        lowered = replace(lowered, expr=self._into_buffer(lowered, length))
+        comment = f"{self.inner}: {_describe([self.a.axes, self.b.axes], lowered.axes)} for this chunk"
+        var, more = assign_result(lowered, comment, self.names, "s")
+        statements.extend(more)
+        return statements, Value(var, lowered.axes), chunk_sizes
+
+    def loops(self) -> list:
+        """One loop over the full chunks, then one for the shorter last chunk, if any."""
+        tail = self.total % self.rows
+        full_stop = self.total - tail
+        statements = []
+        for start, stop, length in ((0, full_stop, self.rows), (full_stop, self.total, tail)):
+            if length <= 0 or stop <= start:
+                continue
+            body, value, chunk_sizes = self.chunk(length)
+            body += self.combine(value, chunk_sizes)
+            label = "chunked-reduction" if length == self.rows else "last, shorter chunk"
+            statements.append(ir.Loop("i", start, stop, length, tuple(body), f"{label}: {length} of {self.total} along {self.axis}"))
+        return statements
+
+    # --- what each mode provides
+
+    def setup(self) -> list:
+        """Statements before the loops: the accumulators or results."""
+        raise NotImplementedError
+
+    def combine(self, value: Value, chunk_sizes: dict) -> list:
+        """Statements that fold one chunk's ``value`` in."""
+        raise NotImplementedError
+
+    def finish(self) -> tuple[list, list[Value]]:
+        """Statements after the loops, and the values they leave."""
+        raise NotImplementedError
+
+    def remaining_clauses(self):
+        """Clauses applied after the loops, to the finished values."""
+        return ()
+
+
+class _WriteRows(_ChunkLoop):
+    """Chunks of an output axis: every clause runs on the chunk, which fills rows of the result."""
+
+    mode = "output"
+
+    def setup(self) -> list:
+        """Allocate the results (one per index tensor of a last argmax/argmin)."""
+        reduced = [x for _, ids in self.clauses for x in ids]
+        axes = tuple(x for x in self.full.axes if x not in reduced)
+        arg = self.clauses and self.clauses[-1][0] in ARG_REDUCERS
+        count = len(self.clauses[-1][1]) if arg else 1
+        dtype = torch.int64 if arg else self.dtype
+        statements = []
+        self.results = []
+        for _ in range(count):
+            var = self.names.fresh("r")
+            statements.append(ir.Assign(var, _empty(tuple(self.sizes[x] for x in axes), dtype), "result, filled chunk by chunk"))
+            self.results.append(Value(var, axes))
+        return statements
+
+    def combine(self, value: Value, chunk_sizes: dict) -> list:
+        statements = []
+        values = [value]
+        for reducer, ids in self.clauses:
+            (current,) = values
+            more, values = reduce_clause(current, reducer, ids, chunk_sizes, self.dtype, self.names)
+            statements.extend(more)
+        for result, rows in zip(self.results, values):
+            target = _slice(result, self.axis, self.i, chunk_sizes[self.axis])
+            statements.append(ir.Assign(target, ir.Var(rows.var), f"write rows of {self.axis}"))
+        return statements
+
+    def finish(self) -> tuple[list, list[Value]]:
+        return [], self.results
+
+
+class _RunningReduction(_ChunkLoop):
+    """Chunks of an axis of the first clause: each chunk's max/min/logsumexp/sum/mean joins a running one."""
+
+    mode = "reduce"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reducer, self.ids = self.clauses[0]
+        self.rest = tuple(x for x in self.full.axes if x not in self.ids)  # the axes the clause keeps
+        self.rest_shape = tuple(self.sizes[x] for x in self.rest)
+
+    def setup(self) -> list:
+        self.acc = self.names.fresh("acc")
+        if self.reducer in ("max", "min"):
+            start = _full(self.rest_shape, _extreme(self.dtype, self.reducer == "max"), self.dtype)
+            return [ir.Assign(self.acc, start, f"running {self.reducer}")]
+        if self.reducer == "logsumexp":
+            return [ir.Assign(self.acc, _full(self.rest_shape, float("-inf"), self.dtype), "running logsumexp")]
+        return [ir.Assign(self.acc, _zeros(self.rest_shape, self.dtype), "running sum")]
+
+    def combine(self, value: Value, chunk_sizes: dict) -> list:
+        dims = tuple(value.axes.index(x) for x in self.ids)
+        source = ir.Var(value.var)
+        part = self.names.fresh("p")
+        acc = ir.Var(self.acc)
+        if self.reducer in MERGE_CALLS:
+            partial = ir.Call(REDUCE_CALLS[self.reducer], (source, ir.Const(dims[0] if len(dims) == 1 else dims)))
+            merge = ir.Call(MERGE_CALLS[self.reducer], (acc, ir.Var(part)))
+        else:  # sum, mean
+            partial = _sum(source, dims, self.dtype)
+            merge = ir.BinOp("+", acc, ir.Var(part))
+        return [
+            ir.Assign(part, partial, f"{self.reducer} of this chunk"),
+            ir.Assign(self.acc, merge, "combine"),
+        ]
+
+    def finish(self) -> tuple[list, list[Value]]:
+        statements = []
+        if self.reducer == "mean":
+            count = ir.Const(_numel(self.sizes, self.ids))
+            statements.append(ir.Assign(self.acc, ir.BinOp("/", ir.Var(self.acc), count), "mean = sum / count"))
+        return statements, [Value(self.acc, self.rest)]
+
+    def remaining_clauses(self):
+        return self.clauses[1:]
+
+
+class _RunningArgReduction(_RunningReduction):
+    """Like ``_RunningReduction`` for argmax/argmin: keeps the running best and its flat index.
+
+    The chunked axis is the first of the clause's axes, so a chunk's flat
+    index is offset by ``i`` times the size of the others.
+    """
+
+    @property
+    def extreme(self) -> str:
+        return self.reducer[3:]  # "max" or "min"
+
+    def setup(self) -> list:
+        self.acc = self.names.fresh("acc")
+        self.index = self.names.fresh("idx")
+        start = _full(self.rest_shape, _extreme(self.dtype, self.reducer == "argmax"), self.dtype)
+        return [
+            ir.Assign(self.acc, start, f"running {self.extreme}"),
+            ir.Assign(self.index, _zeros(self.rest_shape, torch.int64), "its flat index"),
+        ]
+
+    def combine(self, value: Value, chunk_sizes: dict) -> list:
+        part = self.names.fresh("p")
+        layout = tuple(value.axes.index(x) for x in self.rest + self.ids)
+        flat = ir.reshape(ir.permute(ir.Var(value.var), layout), self.rest_shape + (-1,))
+        values, indices = ir.Attr(ir.Var(part), "values"), ir.Attr(ir.Var(part), "indices")
+        best, index = ir.Var(self.acc), ir.Var(self.index)
+        beats = ">" if self.reducer == "argmax" else "<"
+        take = self.names.fresh("take")
+        nan = ir.BinOp("&", ir.BinOp("!=", values, values), ir.BinOp("==", best, best))
+        stride = _numel(self.sizes, self.ids[1:])  # flat positions per row of the chunked axis
+        offset = ir.BinOp("+", indices, ir.BinOp("*", self.i, ir.Const(stride)))
+        return [
+            ir.Assign(part, ir.Method(flat, self.extreme, (ir.Const(-1),)), f"{self.extreme} of this chunk and where"),
+            ir.Assign(take, ir.BinOp("|", ir.BinOp(beats, values, best), nan), "strictly better (ties keep the first; NaN wins)"),
+            ir.Assign(self.acc, ir.Call("torch.where", (ir.Var(take), values, best))),
+            ir.Assign(self.index, ir.Call("torch.where", (ir.Var(take), offset, index)), "chunk offset"),
+        ]
+
+    def finish(self) -> tuple[list, list[Value]]:
+        if len(self.ids) == 1:
+            return [], [Value(self.index, self.rest)]
+        return _index_per_axis(self.names.fresh(), self.index, self.ids, self.rest, self.sizes, self.names)
+
+
+class _PartialSums(_ChunkLoop):
+    """Chunks of a contracted axis: the chunks' partial sums are added up."""
+
+    mode = "sum"
+
+    def setup(self) -> list:
+        self.acc = self.names.fresh("acc")
+        shape = tuple(self.sizes[x] for x in self.full.axes)
+        return [ir.Assign(self.acc, _zeros(shape, self.dtype), "running sum")]
+
+    def combine(self, value: Value, chunk_sizes: dict) -> list:
+        added = ir.BinOp("+", ir.Var(self.acc), ir.Var(value.var))
+        return [ir.Assign(self.acc, added, "add this chunk's partial sum")]
+
+    def finish(self) -> tuple[list, list[Value]]:
+        return [], [Value(self.acc, self.full.axes)]
+
+
 def chunked(a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model, options, names, budget):
     """The last contraction and the clauses, in chunks of one axis.
 
     Returns (statements, result values, estimate, inner lowering, chunking) or None.
     """
-    dtype = bound.dtype
     choice = _chunk_axis(a, b, clauses, bound.output_axes, keep, sizes)
     if choice is None:
         return None
     axis, mode = choice
-    first_rank = lambda x: (-1, 0) if x == axis else rank(x)
-    inner_options = Options(options.lowering if options.lowering in CONTRACTIONS else None, options.memory_limit)
-    probe = Names(names.count)
-    inner, full, _ = choose(a, b, keep, sizes, first_rank, dtype, model, inner_options, probe)
-    factor = max((TEMPORARIES[r] for r, _ in clauses), default=1.0)
-    per_row = max(full.estimate.memory / max(sizes[axis], 1), dtype.itemsize) * factor
-    rows = int(max(1, min(sizes[axis], budget // per_row))) if sizes[axis] else 1
-    chunking = _Chunking(axis, mode, rows)
-    total = sizes[axis]
-    tail = total % rows if rows else 0
-    setup: list = []
-    x_of = "x0"
-    i = ir.Var("i")
-    accumulators: list[Value] = []
-    results: list[Value] = []
-    buffer = None
-    grad = None
-
-    def body(length: int) -> tuple[list, list[Value]]:
-        """Statements for one chunk of ``length`` rows; returns them and the chunk's values."""
-        chunk_sizes = dict(sizes, **{axis: length})
-        statements = []
-        parts = []
-        for value in (a, b):
-            if axis in value.axes:
-                var = names.fresh("c")
-                statements.append(ir.Assign(var, _slice(value, axis, i, length), f"chunk of {axis}"))
-                parts.append(Value(var, value.axes))
-            else:
-                parts.append(value)
-        lowered = _lower(inner, parts[0], parts[1], keep, chunk_sizes, first_rank, dtype, model, names, options.lowering == inner)
-        expr = lowered.expr
-        if buffer is not None and isinstance(expr, ir.Call) and expr.func == "torch.matmul" and lowered.axes[0] == axis:
-            target = ir.Var(buffer) if length == rows else ir.Index(ir.Var(buffer), (ir.Range(ir.Const(None), ir.Const(length)),))
-            expr = ir.Call(expr.func, expr.args, (("out", ir.IfExp(ir.Var(grad), ir.Const(None), target)),))
-        lowered = replace(lowered, expr=expr)
-        comment = f"{inner}: {_describe([a.axes, b.axes], lowered.axes)} for this chunk"
-        var, more = assign_result(lowered, comment, names, "s")
-        statements.extend(more)
-        return statements, [Value(var, lowered.axes)], chunk_sizes
-
-    # the chunk buffer, reused by every full chunk (matmul writes into it with out=)
-    if inner == MATMUL:
-        probe_statements = _lower(inner, a, b, keep, dict(sizes, **{axis: rows}), first_rank, dtype, model, Names(), False)
-        if isinstance(probe_statements.expr, ir.Call) and probe_statements.axes[0] == axis:
-            buffer, grad = names.fresh("buf"), "grad"
-            shape = tuple(rows if x == axis else sizes[x] for x in probe_statements.axes)
-            setup.append(ir.Assign(buffer, _empty(shape, dtype, x_of), f"chunk buffer, {_human_bytes(math.prod(shape) * dtype.itemsize)}"))
-            inputs_grad = ir.BoolOp("or", tuple(ir.Attr(ir.Var(f"x{k}"), "requires_grad") for k in range(len(bound.operands))))
-            setup.append(ir.Assign(grad, ir.BoolOp("and", (ir.Call("torch.is_grad_enabled", ()), inputs_grad)), "out= buffers do not carry gradients"))
-
-    reduced_axes = [x for _, ids in clauses for x in ids]
     if mode == "output":
-        after = tuple(x for x in full.axes if x not in reduced_axes)
-        arg = clauses and clauses[-1][0] in ("argmax", "argmin")
-        count = len(clauses[-1][1]) if arg else 1
-        for k in range(count):
-            var = names.fresh("r")
-            result_dtype = torch.int64 if arg else dtype
-            setup.append(ir.Assign(var, _empty(tuple(sizes[x] for x in after), result_dtype, x_of), "result, filled chunk by chunk"))
-            results.append(Value(var, after))
-
-        def combine(values, chunk_sizes):
-            statements = []
-            for reducer, ids in clauses:
-                (current,) = values
-                more, values = reduce_clause(current, reducer, ids, chunk_sizes, dtype, names)
-                statements.extend(more)
-            for result, value in zip(results, values):
-                statements.append(ir.Assign(_slice(result, axis, i, chunk_sizes[axis]), ir.Var(value.var), f"write rows of {axis}"))
-            return statements
-
-    elif mode == "reduce":
-        reducer, ids = clauses[0]
-        rest = tuple(x for x in full.axes if x not in ids)
-        rest_shape = tuple(sizes[x] for x in rest)
-        best = names.fresh("acc")
-        if reducer in ("argmax", "argmin"):
-            index = names.fresh("idx")
-            setup.append(ir.Assign(best, _full(rest_shape, _extreme(dtype, reducer == "argmax"), dtype, x_of), f"running {reducer[3:]}"))
-            setup.append(ir.Assign(index, ir.Call("torch.zeros", (ir.Const(rest_shape),), (("dtype", ir.Const(torch.int64)), ("device", ir.Attr(ir.Var(x_of), "device")))), "its flat index"))
-            stride = _numel(sizes, ids[1:])
-        elif reducer in ("max", "min"):
-            setup.append(ir.Assign(best, _full(rest_shape, _extreme(dtype, reducer == "max"), dtype, x_of), f"running {reducer}"))
-        elif reducer == "logsumexp":
-            setup.append(ir.Assign(best, _full(rest_shape, float("-inf"), dtype, x_of), "running logsumexp"))
-        else:
-            setup.append(ir.Assign(best, ir.Call("torch.zeros", (ir.Const(rest_shape),), (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(x_of), "device")))), "running sum"))
-
-        def combine(values, chunk_sizes):
-            (value,) = values
-            dims = tuple(value.axes.index(x) for x in ids)
-            arg = ir.Const(dims[0] if len(dims) == 1 else dims)
-            source = ir.Var(value.var)
-            part = names.fresh("p")
-            if reducer in ("argmax", "argmin"):
-                flat = ir.reshape(ir.permute(source, tuple(value.axes.index(x) for x in rest + ids)), rest_shape + (-1,))
-                values_, indices = ir.Attr(ir.Var(part), "values"), ir.Attr(ir.Var(part), "indices")
-                beats = ">" if reducer == "argmax" else "<"
-                take = names.fresh("take")
-                nan = ir.BinOp("&", ir.BinOp("!=", values_, values_), ir.BinOp("==", ir.Var(best), ir.Var(best)))
-                return [
-                    ir.Assign(part, ir.Method(flat, reducer[3:], (ir.Const(-1),)), f"{reducer[3:]} of this chunk and where"),
-                    ir.Assign(take, ir.BinOp("|", ir.BinOp(beats, values_, ir.Var(best)), nan), "strictly better (ties keep the first; NaN wins)"),
-                    ir.Assign(best, ir.Call("torch.where", (ir.Var(take), values_, ir.Var(best)))),
-                    ir.Assign(index, ir.Call("torch.where", (ir.Var(take), ir.BinOp("+", indices, ir.BinOp("*", i, ir.Const(stride))), ir.Var(index))), "chunk offset"),
-                ]
-            if reducer in ("max", "min"):
-                partial = ir.Call(REDUCE_CALLS[reducer], (source, arg))
-                merge = ir.Call("torch.maximum" if reducer == "max" else "torch.minimum", (ir.Var(best), ir.Var(part)))
-            elif reducer == "logsumexp":
-                partial = ir.Call("torch.logsumexp", (source, arg))
-                merge = ir.Call("torch.logaddexp", (ir.Var(best), ir.Var(part)))
-            else:
-                partial = _sum(source, dims, dtype)
-                merge = ir.BinOp("+", ir.Var(best), ir.Var(part))
-            return [
-                ir.Assign(part, partial, f"{reducer} of this chunk"),
-                ir.Assign(best, merge, "combine"),
-            ]
-
-        if reducer in ("argmax", "argmin"):
-            finish = []
-            if len(ids) == 1:
-                accumulators = [Value(index, rest)]
-            else:
-                unravelled = names.fresh()
-                finish.append(ir.Assign(unravelled, ir.Call("torch.unravel_index", (ir.Var(index), ir.Const(tuple(sizes[x] for x in ids)))), "one index tensor per axis"))
-                for k, x in enumerate(ids):
-                    part_var = names.fresh()
-                    finish.append(ir.Assign(part_var, ir.Index(ir.Var(unravelled), (k,)), f"index along {x}"))
-                    accumulators.append(Value(part_var, rest))
-        else:
-            finish = []
-            if reducer == "mean":
-                finish.append(ir.Assign(best, ir.BinOp("/", ir.Var(best), ir.Const(_numel(sizes, ids))), "mean = sum / count"))
-            accumulators = [Value(best, rest)]
-        remaining = clauses[1:]
-    else:  # "sum": partial sums over chunks of a contracted axis
-        best = names.fresh("acc")
-        out_axes = full.axes
-        setup.append(ir.Assign(best, ir.Call("torch.zeros", (ir.Const(tuple(sizes[x] for x in out_axes)),), (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(x_of), "device")))), "running sum"))
-
-        def combine(values, chunk_sizes):
-            (value,) = values
-            return [ir.Assign(best, ir.BinOp("+", ir.Var(best), ir.Var(value.var)), "add this chunk's partial sum")]
-
-        finish = []
-        accumulators = [Value(best, out_axes)]
-        remaining = clauses
-
-    statements = list(setup)
-    full_stop = total - tail
-    for start, stop, length in ((0, full_stop, rows), (full_stop, total, tail)):
-        if length <= 0 or stop <= start:
-            continue
-        chunk_statements, values, chunk_sizes = body(length)
-        chunk_statements += combine(values, chunk_sizes)
-        label = "chunked-reduction" if length == rows else "last, shorter chunk"
-        statements.append(ir.Loop("i", start, stop, length, tuple(chunk_statements), f"{label}: {length} of {total} along {axis}"))
-    if mode != "output":
-        statements.extend(finish)
-        results = accumulators
-        for reducer, ids in remaining:
-            (current,) = results
-            more, results = reduce_clause(current, reducer, ids, sizes, dtype, names)
-            statements.extend(more)
-    chunk_memory = rows * per_row
-    estimate = replace(
-        full.estimate,
-        ops=full.estimate.ops * max(1, math.ceil(total / rows)) + 2 * len(clauses) * max(1, math.ceil(total / rows)),
-        memory=chunk_memory,
-    )
-    return statements, results, estimate, inner, chunking
+        loop_class = _WriteRows
+    elif mode == "sum":
+        loop_class = _PartialSums
+    elif clauses[0][0] in ARG_REDUCERS:
+        loop_class = _RunningArgReduction
+    else:
+        loop_class = _RunningReduction
+    return loop_class(a, b, clauses, bound, keep, sizes, rank, model, options, names, axis, budget).build()
 
 
 def _human_bytes(n: float) -> str:
