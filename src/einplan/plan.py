@@ -34,7 +34,7 @@ from .lowerings import (  # noqa: F401  (the lowering names are part of this mod
     assign_result,
     choose,
 )
-from .reductions import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, _human_bytes, chunked, reduce_clause  # noqa: F401
+from .reductions import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, _human_bytes, chunked, clause_dtype, reduce_clause  # noqa: F401
 from .semantics import Bound
 
 @dataclass(frozen=True)
@@ -207,9 +207,11 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
     if results is None:
         (result,) = values
         results = [result]
+        dtype = bound.dtype
         for reducer, ids in clauses:
             (current,) = results
-            statements, results = reduce_clause(current, reducer, ids, sizes, bound.dtype, names)
+            statements, results = reduce_clause(current, reducer, ids, sizes, dtype, names)
+            dtype = clause_dtype(reducer, dtype)
             steps.append(Step("reduce", f"{' '.join(current.axes)} -> {' '.join(results[0].axes)}", tuple(statements)))
     returns = tuple(_finish(v, bound) for v in results)
     return Plan(

@@ -37,7 +37,9 @@ def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype
     if reducer == "sum":
         expr = _sum(source, dims, dtype)
     elif reducer == "mean":
-        expr = ir.Method(source, "mean", (arg,))
+        integer = not (dtype.is_floating_point or dtype.is_complex)
+        kwargs = (("dtype", ir.Const(clause_dtype("mean", dtype))),) if integer else ()
+        expr = ir.Method(source, "mean", (arg,), kwargs)
     elif reducer in REDUCE_CALLS:
         expr = ir.Call(REDUCE_CALLS[reducer], (source, arg))
     else:  # argmax / argmin
@@ -79,6 +81,27 @@ TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0
 DEVICE_OF = "x0"  # new tensors are made on this input's device
 GRAD_FLAG = "grad"  # True when autograd is recording: matmul must not write into the buffer then
 MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "torch.logaddexp"}
+
+
+def clause_dtype(reducer: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a clause returns: int64 indices, and a float mean/logsumexp of integers."""
+    if reducer in ARG_REDUCERS:
+        return torch.int64
+    if reducer in ("logsumexp", "mean") and not (dtype.is_floating_point or dtype.is_complex):
+        return torch.get_default_dtype()
+    return dtype
+
+
+def apply_clauses(value: Value, clauses, sizes, dtype: torch.dtype, names: Names) -> tuple[list, list[Value]]:
+    """Clauses applied in order to a value that exists in full."""
+    statements: list = []
+    values = [value]
+    for reducer, ids in clauses:
+        (current,) = values
+        more, values = reduce_clause(current, reducer, ids, sizes, dtype, names)
+        statements.extend(more)
+        dtype = clause_dtype(reducer, dtype)
+    return statements, values
 
 
 def _extreme(dtype: torch.dtype, low: bool):
@@ -169,9 +192,9 @@ class _ChunkLoop:
         statements = self.buffer_setup() + self.setup()
         finish, results = self.finish()  # built before the loops: its names are numbered ahead of theirs
         statements += self.loops() + finish
-        for reducer, ids in self.remaining_clauses():
-            (current,) = results
-            more, results = reduce_clause(current, reducer, ids, self.sizes, self.dtype, self.names)
+        (result,) = results if len(results) == 1 else (None,)
+        if result is not None and self.remaining_clauses():
+            more, results = apply_clauses(result, self.remaining_clauses(), self.sizes, self.dtype_after_loop(), self.names)
             statements.extend(more)
         return statements, results, self.estimate(), self.inner, _Chunking(self.axis, self.mode, self.rows)
 
@@ -289,6 +312,9 @@ class _ChunkLoop:
         """Clauses applied after the loops, to the finished values."""
         return ()
 
+    def dtype_after_loop(self) -> torch.dtype:
+        return self.dtype
+
 
 class _WriteRows(_ChunkLoop):
     """Chunks of an output axis: every clause runs on the chunk, which fills rows of the result."""
@@ -301,7 +327,9 @@ class _WriteRows(_ChunkLoop):
         axes = tuple(x for x in self.full.axes if x not in reduced)
         arg = self.clauses and self.clauses[-1][0] in ARG_REDUCERS
         count = len(self.clauses[-1][1]) if arg else 1
-        dtype = torch.int64 if arg else self.dtype
+        dtype = self.dtype
+        for reducer, _ in self.clauses:
+            dtype = clause_dtype(reducer, dtype)
         statements = []
         self.results = []
         for _ in range(count):
@@ -311,12 +339,7 @@ class _WriteRows(_ChunkLoop):
         return statements
 
     def combine(self, value: Value, chunk_sizes: dict) -> list:
-        statements = []
-        values = [value]
-        for reducer, ids in self.clauses:
-            (current,) = values
-            more, values = reduce_clause(current, reducer, ids, chunk_sizes, self.dtype, self.names)
-            statements.extend(more)
+        statements, values = apply_clauses(value, self.clauses, chunk_sizes, self.dtype, self.names)
         for result, rows in zip(self.results, values):
             target = _slice(result, self.axis, self.i, chunk_sizes[self.axis])
             statements.append(ir.Assign(target, ir.Var(rows.var), f"write rows of {self.axis}"))
@@ -343,7 +366,8 @@ class _RunningReduction(_ChunkLoop):
             start = _full(self.rest_shape, _extreme(self.dtype, self.reducer == "max"), self.dtype)
             return [ir.Assign(self.acc, start, f"running {self.reducer}")]
         if self.reducer == "logsumexp":
-            return [ir.Assign(self.acc, _full(self.rest_shape, float("-inf"), self.dtype), "running logsumexp")]
+            start = _full(self.rest_shape, float("-inf"), clause_dtype("logsumexp", self.dtype))
+            return [ir.Assign(self.acc, start, "running logsumexp")]
         return [ir.Assign(self.acc, _zeros(self.rest_shape, self.dtype), "running sum")]
 
     def combine(self, value: Value, chunk_sizes: dict) -> list:
@@ -371,6 +395,9 @@ class _RunningReduction(_ChunkLoop):
 
     def remaining_clauses(self):
         return self.clauses[1:]
+
+    def dtype_after_loop(self) -> torch.dtype:
+        return clause_dtype(self.reducer, self.dtype)
 
 
 class _RunningArgReduction(_RunningReduction):
@@ -438,8 +465,12 @@ class _PartialSums(_ChunkLoop):
 def chunked(a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model, options, names, budget):
     """The last contraction and the clauses, in chunks of one axis.
 
-    Returns (statements, result values, estimate, inner lowering, chunking) or None.
+    Returns (statements, result values, estimate, inner lowering, chunking) or
+    None when chunks make no sense: an empty step costs nothing in full, and a
+    loop that never runs would leave its result cut off from autograd.
     """
+    if _numel(sizes, set(a.axes) | set(b.axes)) == 0:
+        return None
     choice = _chunk_axis(a, b, clauses, bound.output_axes, keep, sizes)
     if choice is None:
         return None
