@@ -15,7 +15,7 @@ import torch
 from . import __version__, cost, plan as planner, runtime
 from .errors import EinplanError, PatternError, ShapeError
 from .kernels import Kernel, kernel, module_source, operand_shape, sizes_text
-from .semantics import Ax, Comp, Ell, resolve
+from .semantics import Ell, axes_of, resolve
 
 LANGUAGE = """\
 the pattern language:
@@ -107,7 +107,7 @@ def parse_sizes(items: Sequence[str]) -> dict[str, int]:
 def shapes_from_sizes(pattern: str, sizes: dict[str, int]) -> list[tuple[int, ...]]:
     """Each operand's shape from axis sizes (composites multiply their parts)."""
     resolved = resolve(pattern)
-    names = sorted({a.base for items in resolved.inputs for a in _axes(items) if not a.base.isdigit()})
+    names = sorted({a.base for items in resolved.inputs for a in axes_of(items) if not a.base.isdigit()})
     unknown = [n for n in sizes if n not in names]
     if unknown:
         raise PatternError(
@@ -128,16 +128,6 @@ def shapes_from_sizes(pattern: str, sizes: dict[str, int]) -> list[tuple[int, ..
                     f"give the operand shapes with -s"
                 )
     return [operand_shape(items, sizes.__getitem__) for items in resolved.inputs]
-
-
-def _axes(items) -> list[Ax]:
-    out: list[Ax] = []
-    for item in items:
-        if isinstance(item, Ax):
-            out.append(item)
-        elif isinstance(item, Comp):
-            out.extend(p for p in item.parts if isinstance(p, Ax))
-    return out
 
 
 def operands(pattern: str, shapes: Sequence[str], sizes: Sequence[str]) -> tuple[list[tuple[int, ...]], dict[str, int]]:

@@ -37,7 +37,7 @@ import torch
 
 from . import codegen, plan as planner, runtime
 from .errors import EinplanError, PatternError, ShapeError
-from .semantics import Ax, Comp, Ell, One, Resolved, bind, jaxtyping_class
+from .semantics import Ax, Comp, Ell, One, Resolved, axes_of, bind, jaxtyping_class
 
 DEFAULT_NAME = "einplan_kernel"
 MAX_PROGRAMS = 64  # per kernel: functions kept for distinct sizes of its dynamic axes
@@ -345,7 +345,7 @@ def _dynamic_names(dynamic: Union[str, Iterable[str]], resolved: Resolved) -> tu
     if isinstance(dynamic, str):
         dynamic = dynamic.replace(",", " ").split()
     names = tuple(dict.fromkeys(dynamic))
-    axes = {a.base for items in resolved.inputs for a in _flat_axes(items) if not a.base.isdigit()}
+    axes = {a.base for items in resolved.inputs for a in axes_of(items) if not a.base.isdigit()}
     groups = {i.group for items in resolved.inputs for i in items if isinstance(i, Ell)}
     for name in names:
         if not isinstance(name, str):
@@ -361,16 +361,6 @@ def _dynamic_names(dynamic: Union[str, Iterable[str]], resolved: Resolved) -> tu
                 f"dynamic axis {name!r} is not an axis of '{resolved.pattern.source}' (its axes: {known})"
             )
     return names
-
-
-def _flat_axes(items) -> list[Ax]:
-    out: list[Ax] = []
-    for item in items:
-        if isinstance(item, Ax):
-            out.append(item)
-        elif isinstance(item, Comp):
-            out.extend(p for p in item.parts if isinstance(p, Ax))
-    return out
 
 
 def operand_shape(items, size_of: Callable[[str], int], ellipsis_dims: Sequence[int] = ()) -> tuple[int, ...]:
@@ -614,7 +604,7 @@ class Kernel:
 
     def _where(self, base: str, shapes) -> str:
         for k, (items, shape) in enumerate(zip(self._resolved.inputs, shapes)):
-            in_operand = any(a.base == base for a in _flat_axes(items)) or any(
+            in_operand = any(a.base == base for a in axes_of(items)) or any(
                 isinstance(i, Ell) and i.group == base for i in items
             )
             if in_operand:

@@ -202,7 +202,8 @@ def _rebuild(axes, ids: Iterable[str], pattern: Pattern) -> tuple[Item, ...]:
     return tuple(items)
 
 
-def _axes_of(items: Iterable[Item]) -> list[Ax]:
+def axes_of(items: Iterable[Item]) -> list[Ax]:
+    """The named axes of resolved items, looking inside composites."""
     out: list[Ax] = []
     for item in items:
         if isinstance(item, Ax):
@@ -306,10 +307,10 @@ def _validate(pattern: Pattern, inputs, output, clauses) -> None:
         _check_ellipses(pattern, operand, "one operand")
     _check_ellipses(pattern, pattern.output, "the output")
     _check_groups(pattern, output)  # in an input, (a a) is a diagonal, as a a is
-    input_ids = {a.id for items in inputs for a in _axes_of(items)}
+    input_ids = {a.id for items in inputs for a in axes_of(items)}
     input_groups = {i.group for items in inputs for i in items if isinstance(i, Ell)}
     seen_out: set[str] = set()
-    for axis in _axes_of(output):
+    for axis in axes_of(output):
         if axis.id not in input_ids:
             raise _error(
                 PatternError,
@@ -634,7 +635,7 @@ def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, key
             f"'{pattern.source}' has {len(resolved.inputs)} operand(s), but "
             f"{len(shapes)} tensor(s) were given"
         )
-    all_bases = {a.base for items in resolved.inputs for a in _axes_of(items)}
+    all_bases = {a.base for items in resolved.inputs for a in axes_of(items)}
     for name, value in keywords.items():
         if name not in all_bases:
             raise PatternError(
@@ -663,7 +664,7 @@ def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, key
     base_sizes = sizes.check()
     id_sizes = dict(ell_sizes)
     for items in resolved.inputs:
-        for axis in _axes_of(items):
+        for axis in axes_of(items):
             id_sizes[axis.id] = base_sizes[axis.base] if not axis.base.isdigit() else int(axis.base)
     operands = []
     for (axes, view, changed), shape in zip(raw, shapes):
