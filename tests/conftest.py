@@ -242,3 +242,14 @@ def call_bl(pattern: str, *tensors, lowering: Optional[str] = None, **kwargs):
 
 def lowering_id(lowering: Optional[str]) -> str:
     return "default" if lowering is None else lowering
+
+
+@pytest.fixture
+def shipped_cost_model(monkeypatch, tmp_path):
+    """Plan with the shipped cost constants, never a tuned cache file of this machine."""
+    from einplan import cost
+
+    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
+    cost._loaded.clear()
+    yield
+    cost._loaded.clear()

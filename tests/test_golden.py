@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import einplan
-from einplan import cost
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -27,13 +26,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def default_cost_model(monkeypatch, tmp_path):
-    """Goldens use the shipped constants, never a tuned cache file."""
-    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
-    cost._loaded.clear()
-    yield
-    cost._loaded.clear()
+pytestmark = pytest.mark.usefixtures("shipped_cost_model")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

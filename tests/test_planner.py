@@ -13,13 +13,7 @@ from einplan.plan import CHUNKED, ELEMENTWISE, MATMUL, UNROLLED
 from einplan.runtime import plan_for
 
 
-@pytest.fixture(autouse=True)
-def shipped_constants(monkeypatch, tmp_path):
-    """Decisions are tested with the shipped constants, never a tuned cache file."""
-    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
-    cost._loaded.clear()
-    yield
-    cost._loaded.clear()
+pytestmark = pytest.mark.usefixtures("shipped_cost_model")
 
 
 def kinds(pattern, *shapes, **options):
