@@ -657,15 +657,18 @@ def test_generators_cover_the_interesting_cases():
             seen["0-d operand"] += any(not op for op in operands)
             seen[str(dtype)] += 1
             seen["clauses>=2"] += len(clauses) >= 2
-            for reducer, axes in clauses:
+            seen["chain link"] += bool(chain_reading(operands)[1])
+            for reducer, group in clauses:
                 seen[reducer] += 1
-                seen[f"{reducer} several axes"] += len(axes) >= 2
-                seen["argmax/argmin several axes"] += reducer in ARG_REDUCERS and len(axes) >= 2
+                several = len(group) >= 2
+                seen["argmax/argmin several axes"] += reducer in ARG_REDUCERS and several
+                seen["sum/max/min/mean/logsumexp several axes"] += reducer in REDUCERS and several
 
     look()
     wanted = [f"operands={n}" for n in range(1, 7)] + [
-        "axes>=7", "size 0", "size 1", "size 4", "ellipsis", "ellipsis kept", "prime", "repeat", "0-d operand",
+        "axes>=7", "size 0", "size 1", "size 4", "ellipsis", "ellipsis kept", "prime", "repeat", "chain link",
+        "0-d operand",
         str(F64), str(F32), str(I64), str(C128), "clauses>=2",
-    ] + list(REDUCERS) + list(ARG_REDUCERS) + ["argmax/argmin several axes", "max several axes", "logsumexp several axes"]
+    ] + list(REDUCERS) + list(ARG_REDUCERS) + ["argmax/argmin several axes", "sum/max/min/mean/logsumexp several axes"]
     missing = [w for w in wanted if not seen[w]]
     assert not missing, f"never generated: {missing}; seen {dict(seen)}"
