@@ -336,3 +336,48 @@ def test_reducer_clauses_right_or_refused(case, lowering, memory_limit):
         assert got.dtype == torch.int64 and torch.equal(got, want), (pattern, got, want)
     else:
         assert_matches(got, want, f"{pattern}, lowering={lowering}")
+
+
+# --- chunked argmax/argmin over several axes: best row first, then the best place in it ------
+
+
+def _flat_arg(scores: torch.Tensor, reducer: str, kept: int) -> tuple:
+    """torch's answer: flatten the reduced axes (after ``kept`` leading ones), arg-reduce, unravel."""
+    flat = scores.reshape(*scores.shape[:kept], -1)
+    index = getattr(flat, reducer)(-1)
+    return tuple(torch.unravel_index(index, scores.shape[kept:]))
+
+
+ARG_CASES = [
+    ("m d, n d -> | {r} m n", "md,nd->mn", [(37, 3), (29, 3)], 0),
+    ("b m d, b n d -> b | {r} m n", "bmd,bnd->bmn", [(4, 23, 3), (4, 19, 3)], 1),
+    ("m d, n d, p -> | {r} m n p", "md,nd,p->mnp", [(13, 3), (11, 3), (5,)], 0),
+]
+
+
+@pytest.mark.parametrize("data", ["random", "planted", "ties", "nan", "all-nan-rows", "-inf"])
+@pytest.mark.parametrize("reducer", ["argmax", "argmin"])
+@pytest.mark.parametrize("case", ARG_CASES, ids=[c[0] for c in ARG_CASES])
+def test_chunked_arg_reduction_over_several_axes_is_torchs_first_index(case, reducer, data):
+    pattern, equation, shapes, kept = case
+    pattern = pattern.format(r=reducer)
+    tensors = random_tensors(shapes, F64, seed=3)
+    if data == "planted":  # the extreme deep inside a chunk: row 10 of m, not a chunk's first row
+        tensors[0][..., 10, :] *= 10
+    elif data == "ties":  # small integers: the extreme value repeats across rows and columns
+        tensors = [t.mul(1.5).round().clamp(-1, 1) for t in tensors]
+    elif data == "nan":
+        tensors[0][..., 5, 1] = float("nan")
+        tensors[1][..., 2, 0] = float("nan")
+    elif data == "all-nan-rows":
+        tensors[0][..., 1] = float("nan")
+    elif data == "-inf":
+        tensors[0].fill_(float("-inf") if reducer == "argmax" else float("inf"))
+        tensors[1].fill_(1.0)
+    want = _flat_arg(torch.einsum(equation, *tensors), reducer, kept)
+    plan = einplan.runtime.plan_for(pattern, *tensors, memory_limit=2048)
+    assert plan.steps[-1].kind == einplan.CHUNKED, einplan.explain(pattern, *tensors, memory_limit=2048)
+    got = einplan.bl(pattern, *tensors, memory_limit=2048)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.int64 and torch.equal(g, w), (pattern, data, got, want)

@@ -30,6 +30,7 @@ FUNCTIONS = frozenset(
         "torch.logaddexp",
         "torch.is_grad_enabled",
         "torch.zeros",
+        "torch.take_along_dim",
     }
 )
 METHODS = frozenset(
