@@ -129,3 +129,24 @@ def test_inductor_kernel_and_bl():
         torch.testing.assert_close(got, want)
     compiled(a, b)
     assert graphs() == 1 and graph_breaks() == 0
+
+
+def test_bl_under_compile_uses_the_plan_made_for_fused_code():
+    """Inside torch.compile, tiny batched products are planned as a broadcast multiply-sum
+    (one fused loop), not torch.bmm; the eager call keeps its own plan."""
+    seen = []
+
+    def capture(gm, example_inputs):
+        seen.append({str(node.target) for node in gm.graph.nodes if node.op in ("call_function", "call_method")})
+        return gm.forward
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(512, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(512, 3, 3, generator=g, dtype=torch.float64)
+    compiled = torch.compile(lambda a, b: bl("b i j, b j k -> b i k", a, b), fullgraph=True, backend=capture)
+    torch.testing.assert_close(compiled(a, b), torch.einsum("bij,bjk->bik", a, b), rtol=1e-12, atol=1e-12)
+    (targets,) = seen
+    assert not any("matmul" in t or "bmm" in t for t in targets), targets
+    assert any("mul" in t for t in targets) and any("sum" in t for t in targets), targets
+    assert "torch.matmul" in einplan.code("b i j, b j k -> b i k", a, b)
+    assert "torch.matmul" not in einplan.code("b i j, b j k -> b i k", a, b, compiled=True)

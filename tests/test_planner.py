@@ -35,12 +35,64 @@ CPU_CHOICES = [
     ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], [UNROLLED]),
     # a Hadamard product has nothing to contract: a broadcast multiply
     ("b n, b n -> b n", [(1000, 64), (1000, 64)], [ELEMENTWISE]),
+    # millions of 3x3 and 4x4 products: copying them to a vector-last layout costs more
+    # than torch's own loop over tiny matrices
+    ("b i j, b j k -> b i k", [(262144, 3, 3), (262144, 3, 3)], [MATMUL]),
+    ("b i j, b j k -> b i k", [(262144, 4, 4), (262144, 4, 4)], [MATMUL]),
+    # 262144 dot products of 8: torch's tiny-matrix loop beats a product tensor and a short sum
+    ("x y n, x y n -> x y", [(4096, 64, 8), (4096, 64, 8)], [MATMUL]),
 ]
 
 
 @pytest.mark.parametrize("pattern, shapes, expected", CPU_CHOICES, ids=[c[0] + str(c[1][0]) for c in CPU_CHOICES])
 def test_cpu_choices(pattern, shapes, expected):
     assert kinds(pattern, *shapes) == expected
+
+
+def test_tiny_batched_matrices_are_priced_as_torchs_loop_not_a_gemm():
+    """Below M*N*K = 400 torch multiplies a batch of matrices in a plain loop: the
+    estimate is per matrix, multiply-add and output, with no GEMM term."""
+    model = cost.load_model("cpu")
+    (tiny,) = [c for c in plan_for("b i j, b j k -> b i k", (1000, 4, 4), (1000, 4, 4)).steps[0].candidates if c.lowering == MATMUL]
+    assert tiny.estimate.gemm_flops == 0 and tiny.estimate.matrices == 0
+    assert (tiny.estimate.loop_matrices, tiny.estimate.loop_fmas, tiny.estimate.loop_outputs) == (1000, 64000, 16000)
+    assert model.breakdown(tiny.estimate)["small-matrix loop"] == pytest.approx(
+        1000 * model.loop_matrix + 64000 * model.loop_fma + 16000 * model.loop_output
+    )
+    (large,) = [c for c in plan_for("b i j, b j k -> b i k", (1000, 8, 8), (1000, 8, 8)).steps[0].candidates if c.lowering == MATMUL]
+    assert large.estimate.loop_matrices == 0 and large.estimate.gemm_flops == 2 * 1000 * 8**3 and large.estimate.matrices == 1000
+    # CUDA has no such loop
+    (gpu,) = [c for c in plan_for("b i j, b j k -> b i k", (1000, 4, 4), (1000, 4, 4), device="cuda").steps[0].candidates if c.lowering == MATMUL]
+    assert gpu.estimate.loop_matrices == 0 and gpu.estimate.gemm_flops > 0
+
+
+COMPILED_CHOICES = [
+    # seed 002 under torch.compile: the broadcast multiply-sum becomes one loop over the
+    # batch that reads the inputs once and writes the result; torch.bmm stays a library call
+    ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], [ELEMENTWISE], [UNROLLED]),
+    ("b i j, b j k -> b i k", [(262144, 3, 3), (262144, 3, 3)], [ELEMENTWISE], [MATMUL]),
+    ("b i j, b j k -> b i k", [(262144, 4, 4), (262144, 4, 4)], [ELEMENTWISE], [MATMUL]),
+    # long contractions stay GEMMs: fusing does not remove their arithmetic
+    ("b n, m n -> b m", [(100, 500), (1000, 500)], [MATMUL], [MATMUL]),
+    ("b1 b2 n, n n, b1 b2 n -> b1 b2", [(80, 20, 64), (64, 64), (80, 20, 64)], [MATMUL, ELEMENTWISE], [MATMUL, ELEMENTWISE]),
+]
+
+
+@pytest.mark.parametrize("pattern, shapes, compiled, eager", COMPILED_CHOICES, ids=[c[0] + str(c[1][0]) for c in COMPILED_CHOICES])
+def test_plans_for_torch_compile_count_a_fused_product(pattern, shapes, compiled, eager):
+    assert kinds(pattern, *shapes, compiled=True) == compiled
+    assert kinds(pattern, *shapes) == eager
+
+
+def test_fused_estimate_reads_inputs_and_writes_the_result_only():
+    shapes = [(262144, 2, 2), (262144, 2, 2)]
+    eager = {c.lowering: c for c in plan_for("b i j, b j k -> b i k", *shapes).steps[0].candidates}
+    fused = {c.lowering: c for c in plan_for("b i j, b j k -> b i k", *shapes, compiled=True).steps[0].candidates}
+    elements = 3 * 262144 * 4  # two inputs and the result
+    assert fused[ELEMENTWISE].estimate.bytes == elements * 4 < eager[ELEMENTWISE].estimate.bytes
+    assert fused[ELEMENTWISE].estimate.ops == 1 and fused[ELEMENTWISE].estimate.memory == 262144 * 4 * 4
+    assert fused[MATMUL].estimate == eager[MATMUL].estimate  # only the fusable form changes
+    assert "code traced by torch.compile" in einplan.explain("b i j, b j k -> b i k", *shapes, compiled=True)
 
 
 def test_reductions_over_huge_intermediates_are_chunked():

@@ -29,6 +29,12 @@ class DeviceModel:
     bandwidth: float  # bytes per second for data out of cache
     cache_bytes: float  # working sets below this are read at cache speed
     cache_speedup: float  # how much faster cached bytes move
+    # torch computes a batch of tiny matrices (M*N*K below ``loop_limit``) in a plain loop, not a
+    # GEMM; its cost, on top of the memory traffic, is priced per matrix, multiply-add and output
+    loop_limit: float = 0.0
+    loop_matrix: float = 0.0  # seconds per matrix of that loop
+    loop_fma: float = 0.0  # seconds per multiply-add in it
+    loop_output: float = 0.0  # seconds per output element written
 
     def breakdown(self, estimate: "Estimate") -> dict[str, float]:
         """Seconds per cost term: what a step's estimate is made of."""
@@ -39,6 +45,9 @@ class DeviceModel:
             "torch ops": estimate.ops * self.op_overhead,
             "GEMM": estimate.gemm_flops / max(self.gemm_rate * estimate.gemm_efficiency, 1.0),
             "per-matrix overhead": estimate.matrices * self.matrix_overhead,
+            "small-matrix loop": estimate.loop_matrices * self.loop_matrix
+            + estimate.loop_fmas * self.loop_fma
+            + estimate.loop_outputs * self.loop_output,
             "short reductions": estimate.reductions * self.reduce_overhead,
             "elementwise work": estimate.elementwise / self.elementwise_rate,
             "memory traffic": estimate.bytes / bandwidth,
@@ -58,6 +67,9 @@ class Estimate:
     gemm_flops: float = 0.0
     gemm_efficiency: float = 1.0
     matrices: float = 0.0
+    loop_matrices: float = 0.0  # a batch of tiny matrices: how many, their multiply-adds and outputs
+    loop_fmas: float = 0.0
+    loop_outputs: float = 0.0
     reductions: float = 0.0  # outputs of a .sum over a short trailing axis
     elementwise: float = 0.0
     terms: float = 0.0
@@ -83,6 +95,10 @@ CPU = DeviceModel(
     bandwidth=2.0e10,
     cache_bytes=4.0e6,
     cache_speedup=4.0,
+    loop_limit=400.0,
+    loop_matrix=1.5e-9,
+    loop_fma=4.2e-10,
+    loop_output=2.7e-9,
 )
 
 CUDA = DeviceModel(
@@ -186,11 +202,23 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     per_dim = efficiency ** (1 / 3)  # the model charges d / (d + half) for each of M, N, K
     gemm_half = small * (1 - per_dim) / per_dim
     count = 1 << (14 if quick else 16)
-    t1, t2 = torch.randn(count, 2, 2, **opts), torch.randn(count, 2, 2, **opts)
-    matrix_overhead = max((timed(lambda: torch.bmm(t1, t2)) - op_overhead) / count, 1e-10)
+    t1, t2 = torch.randn(count, 8, 8, **opts), torch.randn(count, 8, 8, **opts)
+    eight = 2 * 8**3 / (gemm_rate * (8 / (8 + gemm_half)) ** 3)  # what the GEMM term already charges
+    matrix_overhead = max((timed(lambda: torch.bmm(t1, t2)) - op_overhead) / count - eight, 1e-10)
     big = 1 << (22 if quick else 24)
     x, y = torch.randn(big, **opts), torch.randn(big, **opts)
     bandwidth = 3 * big * 4 / max(timed(lambda: x * y) - op_overhead, 1e-9)
+    loop = {}  # tiny matrices (the loop kernel), few enough to stay in cache: seconds per matrix
+    few = 4096
+    for shape in ((1, 1, 1), (1, 1, 33), (6, 6, 1)) if base.loop_limit else ():
+        m_, n_, k_ = shape
+        l1, l2 = torch.randn(few, m_, k_, **opts), torch.randn(few, k_, n_, **opts)
+        loop[shape] = (timed(lambda: torch.bmm(l1, l2), 50) - op_overhead) / few
+    loop_fma, loop_output, loop_matrix = base.loop_fma, base.loop_output, base.loop_matrix
+    if loop:
+        loop_fma = max((loop[1, 1, 33] - loop[1, 1, 1]) / 32, 1e-12)
+        loop_output = max((loop[6, 6, 1] - loop[1, 1, 1] - 35 * loop_fma) / 35, 1e-12)
+        loop_matrix = max(loop[1, 1, 1] - loop_fma - loop_output, 1e-12)
     cached = 1 << 14
     u, v = x[:cached].clone(), y[:cached].clone()
     cache_speedup = max(1.0, 3 * cached * 4 / max(timed(lambda: u * v, 100) - op_overhead, 1e-9) / bandwidth)
@@ -212,6 +240,9 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
         elementwise_rate=elementwise_rate,
         bandwidth=bandwidth,
         cache_speedup=cache_speedup,
+        loop_matrix=loop_matrix,
+        loop_fma=loop_fma,
+        loop_output=loop_output,
     )
 
 

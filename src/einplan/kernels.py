@@ -103,7 +103,7 @@ def _failing(error: Exception) -> Callable:
 def _bl_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit) -> str:
     try:
         signature = tuple((torch.Size(shape), dtype, device) for shape, dtype, device in signature)
-        function = runtime._program(pattern, signature, sizes, lowering, memory_limit).function
+        function = runtime._program(pattern, signature, sizes, lowering, memory_limit, True).function
     except (EinplanError, TypeError) as error:
         function = _failing(error)
     return _traced_name(function)

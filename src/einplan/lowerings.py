@@ -9,7 +9,7 @@ lowering and picks the forced one or the cheapest.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -29,6 +29,7 @@ LOWERINGS = (MATMUL, ELEMENTWISE, UNROLLED, CHUNKED)
 class Options:
     lowering: Optional[str] = None  # force one lowering for every contraction step
     memory_limit: Optional[int] = None  # bytes an intermediate may take
+    compiled: bool = False  # torch.compile will trace the code: a broadcast product and its sum fuse
 
 
 @dataclass(frozen=True)
@@ -173,10 +174,12 @@ def lower_matmul(a: Value, b: Value, keep, sizes, rank, dtype, model) -> Optiona
         flops=2 * B * M * N * K,
         bytes=(_numel(sizes, left.axes) + _numel(sizes, right.axes) + out + 2 * copies) * itemsize,
         ops=1 + (1 if left_copy else 0) + (1 if right_copy else 0),
-        gemm_flops=2 * B * M * N * K,
-        matrices=B if batch else 0,
         memory=(out + copies) * itemsize,
-    ).gemm_eff(model, M, N, K)
+    )
+    if batch and M * N * K < model.loop_limit:  # torch loops over tiny matrices instead of calling a GEMM
+        estimate = replace(estimate, loop_matrices=B, loop_fmas=B * M * N * K, loop_outputs=out)
+    else:
+        estimate = replace(estimate, gemm_flops=2 * B * M * N * K, matrices=B if batch else 0).gemm_eff(model, M, N, K)
     return Lowered(expr, out_axes, estimate)
 
 
@@ -217,7 +220,7 @@ def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=No
             moved = ir.Method(ir.permute(ir.Var(value.var), permutation), "contiguous")
             setup.append(ir.Assign(var, moved, f"unrolled: lay {' '.join(order)} out, {' '.join(big)} last"))
             laid.append(Value(var, tuple(order)))
-            copied += _numel(sizes, value.axes)
+            copied += _numel(sizes, value.axes) * _gather_factor(value, order[-1], sizes)
         a, b = laid
     inner = sizes[kept[-1]] if kept else 1
     target = names.fresh()
@@ -249,6 +252,19 @@ def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=No
         memory=(out + copied) * itemsize,
     )
     return Lowered(ir.Var(target), tuple(kept), estimate, tuple(setup))
+
+
+CACHE_LINE = 64  # bytes
+
+
+def _gather_factor(value: Value, inner: str, sizes, itemsize: int = 4) -> float:
+    """How many times a transposing copy's traffic exceeds a straight copy's.
+
+    The copy writes ``inner`` contiguously but reads it with a stride; each read
+    drags in part of a cache line, up to a whole line per element.
+    """
+    stride = _numel(sizes, value.axes[value.axes.index(inner) + 1 :])
+    return 1.0 + min(stride, CACHE_LINE // itemsize) / 2
 
 
 def _index_tuples(extents: list[int]) -> list[tuple[int, ...]]:
@@ -290,6 +306,14 @@ def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple
     return ir.Index(expr, tuple(items)) if items else expr
 
 
+def _fused(estimate: Estimate, a: Value, b: Value, keep, sizes, dtype) -> Estimate:
+    """The broadcast multiply-sum as torch.compile runs it: one loop that reads the
+    inputs and writes the result; the full product never exists."""
+    out = _numel(sizes, [x for x in dict.fromkeys(a.axes + b.axes) if x in keep])
+    traffic = _numel(sizes, a.axes) + _numel(sizes, b.axes) + out
+    return replace(estimate, bytes=traffic * dtype.itemsize, ops=1, reductions=0, memory=out * dtype.itemsize)
+
+
 CONTRACTIONS: dict[str, Callable] = {
     MATMUL: lower_matmul,
     ELEMENTWISE: lower_elementwise,
@@ -314,6 +338,8 @@ def choose(a: Value, b: Value, keep, sizes, rank, dtype, model, options: Options
         lowered = _lower(name, a, b, keep, sizes, rank, dtype, model, scratch, name == forced)
         if lowered is None:
             continue
+        if options.compiled and name == ELEMENTWISE:
+            lowered = replace(lowered, estimate=_fused(lowered.estimate, a, b, keep, sizes, dtype))
         results[name] = (lowered, scratch)
         candidates.append(Candidate(name, lowered.estimate, model.seconds(lowered.estimate)))
     if forced is not None and forced not in results:

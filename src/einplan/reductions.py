@@ -207,7 +207,7 @@ class _ChunkLoop:
     def _inner_lowering(self):
         """The lowering of the whole contraction (name, Lowered), priced without the chunks."""
         lowering = self.options.lowering if self.options.lowering in CONTRACTIONS else None
-        inner_options = Options(lowering, self.options.memory_limit)
+        inner_options = Options(lowering, self.options.memory_limit, self.options.compiled)
         probe = Names(self.names.count)
         inner, full, _ = choose(self.a, self.b, self.keep, self.sizes, self._axis_first, self.dtype, self.model, inner_options, probe)
         return inner, full

@@ -114,11 +114,11 @@ def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner
     return planner.build(bound, options, load_model(device))
 
 
-def _build_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit) -> Program:
+def _build_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, compiled: bool = False) -> Program:
     _check_signature(signature)
     shapes = [shape for shape, _, _ in signature]
     dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
-    plan = make_plan(pattern, shapes, dtype, device, dict(sizes), planner.Options(lowering, memory_limit))
+    plan = make_plan(pattern, shapes, dtype, device, dict(sizes), planner.Options(lowering, memory_limit, compiled))
     source = render(plan)
     return Program(plan, source, compile_source(source))
 
@@ -201,9 +201,12 @@ def _shapes_of(tensors_or_shapes, dtype, device):
     return shapes, dtype, device
 
 
-def plan_for(pattern: str, *tensors_or_shapes, device=None, dtype=None, lowering=None, memory_limit=None, **sizes) -> planner.Plan:
+def plan_for(
+    pattern: str, *tensors_or_shapes, device=None, dtype=None, lowering=None, memory_limit=None, compiled=False, **sizes
+) -> planner.Plan:
+    """The plan for these shapes; ``compiled=True`` is the plan ``bl`` uses inside torch.compile."""
     shapes, dtype, device = _shapes_of(tensors_or_shapes, dtype, device)
-    return make_plan(pattern, shapes, dtype, device, sizes, planner.Options(lowering, memory_limit))
+    return make_plan(pattern, shapes, dtype, device, sizes, planner.Options(lowering, memory_limit, bool(compiled)))
 
 
 def code(pattern: str, *tensors_or_shapes, **options) -> str:
@@ -226,7 +229,8 @@ def describe(plan: planner.Plan) -> str:
         f"pattern:  {resolved.pattern.text}",
         f"primed:   {resolved.primed}",
         "sizes:    " + (", ".join(f"{a}={s}" for a, s in bound.sizes.items()) or "(none)"),
-        f"dtype:    {bound.dtype}, device: {bound.device} (cost model: {plan.model.kind})",
+        f"dtype:    {bound.dtype}, device: {bound.device} (cost model: {plan.model.kind}"
+        + (", code traced by torch.compile)" if plan.options.compiled else ")"),
         f"path:     {list(plan.path) if plan.path else '(no contraction)'}",
         "steps:",
     ]
