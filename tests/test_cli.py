@@ -178,3 +178,14 @@ def test_python_dash_m_and_console_script():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stdout == ""
     assert "output axis 'k' is in no input" in result.stderr and result.stderr.rstrip().endswith("^")
+
+
+def test_compiled_flag_plans_for_torch_compile(capsys, shipped_cost_model):
+    shapes = ["-s", "512x3x3", "-s", "512x3x3"]
+    code, eager, _ = run(capsys, "explain", "b i j, b j k -> b i k", *shapes)
+    assert code == 0 and "torch.matmul" in eager and "traced by torch.compile" not in eager
+    code, fused, _ = run(capsys, "explain", "b i j, b j k -> b i k", *shapes, "--compiled")
+    assert code == 0 and "torch.matmul" not in fused and "code traced by torch.compile" in fused
+    assert fused.strip() == einplan.explain("b i j, b j k -> b i k", (512, 3, 3), (512, 3, 3), compiled=True).strip()
+    code, module, _ = run(capsys, "codegen", "b i j, b j k -> b i k", *shapes, "--compiled")
+    assert code == 0 and "torch.matmul" not in module and ".sum(-1)" in module

@@ -256,3 +256,18 @@ def test_saved_module_runs_without_einplan(tmp_path, quad_inputs):
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "standalone ok" in result.stdout
+
+
+def test_kernel_planned_for_torch_compile(shipped_cost_model):
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(512, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(512, 3, 3, generator=g, dtype=torch.float64)
+    eager = kernel("b i j, b j k -> b i k", a, b)
+    fused = kernel("b i j, b j k -> b i k", a, b, compiled=True)
+    assert "torch.matmul" in eager.source and "torch.matmul" not in fused.source
+    torch.testing.assert_close(fused(a, b), torch.einsum("bij,bjk->bik", a, b), rtol=1e-12, atol=1e-12)
+    # a dynamic axis re-plans with the same option
+    smaller = kernel("b i j, b j k -> b i k", a, b, compiled=True, dynamic="b")
+    torch.testing.assert_close(smaller(a[:300], b[:300]), torch.einsum("bij,bjk->bik", a[:300], b[:300]), rtol=1e-12, atol=1e-12)
+    replanned = smaller._program_for_shapes(((300, 3, 3), (300, 3, 3)))
+    assert replanned.plan.options.compiled and "torch.matmul" not in replanned.function_source

@@ -415,6 +415,7 @@ class Kernel:
         name: str = DEFAULT_NAME,
         lowering: Optional[str] = None,
         memory_limit: Optional[int] = None,
+        compiled: bool = False,
         sizes: Optional[dict] = None,
     ):
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
@@ -425,7 +426,7 @@ class Kernel:
         self.dtype = dtype
         self.device = torch.device(device)
         self._keywords = dict(sizes or {})
-        self._options = planner.Options(lowering, memory_limit)
+        self._options = planner.Options(lowering, memory_limit, bool(compiled))
         shapes = tuple(tuple(int(s) for s in shape) for shape in shapes)
         first = runtime.make_plan(pattern, shapes, dtype, self.device, self._keywords, self._options)
         self._resolved: Resolved = first.bound.resolved
@@ -697,6 +698,7 @@ def kernel(
     name: str = DEFAULT_NAME,
     lowering: Optional[str] = None,
     memory_limit: Optional[int] = None,
+    compiled: bool = False,
     **sizes: int,
 ) -> Kernel:
     """Plan ``pattern`` once for these tensors or shapes and return a callable :class:`Kernel`.
@@ -711,7 +713,8 @@ def kernel(
     change size between calls.  ``check=True`` runs jaxtyping's check on each
     call outside torch.compile.  ``name`` is the function's name in
     ``.source``; ``lowering``, ``memory_limit`` and axis sizes (``h=8``) are as
-    for ``bl``.
+    for ``bl``.  ``compiled=True`` plans for code that torch.compile will trace
+    (a broadcast multiply-sum then fuses into one loop), as ``bl`` does inside it.
     """
     shapes, dtype_, device_ = runtime._shapes_of(tensors_or_shapes, _dtype(dtype), device)
     return Kernel(
@@ -724,5 +727,6 @@ def kernel(
         name=name,
         lowering=lowering,
         memory_limit=memory_limit,
+        compiled=compiled,
         sizes=sizes,
     )
