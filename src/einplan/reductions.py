@@ -75,6 +75,11 @@ def _index_per_axis(var: str, index: str, ids, rest, sizes, names: Names) -> tup
 # --- chunked reduction -------------------------------------------------------------------------
 
 CHUNK_BYTES = 8 * 2**20  # default budget of one chunk (buffer plus the reduction's temporaries)
+# a chunk that max/min/argmax/argmin read once, straight from matmul's reused out= buffer, may be
+# larger: a taller GEMM runs faster, and no chunk-sized temporary is allocated per chunk (bigger
+# temporaries than ~32 MiB are mapped afresh from the OS each time, page faults included)
+ONE_PASS_CHUNK_BYTES = 32 * 2**20
+ONE_PASS = ("max", "min", "argmax", "argmin")
 DEFAULT_MEMORY_LIMIT = 256 * 2**20  # a step whose intermediate is larger is computed in chunks
 TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0, "argmax": 1.0, "argmin": 1.0}
 
@@ -184,6 +189,8 @@ class _ChunkLoop:
         self.total = sizes[axis]
         self.i = ir.Var("i")  # the loop variable: where the chunk starts
         self.inner, self.full = self._inner_lowering()
+        if self.mode == "reduce" and clauses[0][0] in ONE_PASS and self._buffer_probe() is not None:
+            budget = max(budget, min(options.memory_limit or DEFAULT_MEMORY_LIMIT, ONE_PASS_CHUNK_BYTES))
         self.per_row, self.rows = self._rows_per_chunk(budget)
         self.buffer: str | None = None  # the reused out= buffer, if matmul can write into it
 
@@ -227,13 +234,18 @@ class _ChunkLoop:
 
     # --- the reused buffer
 
+    def _buffer_probe(self):
+        """The chunk's matmul (lowered for a one-row chunk) if it can write into a reused buffer, else None."""
+        if self.inner != MATMUL:
+            return None
+        chunk_sizes = dict(self.sizes, **{self.axis: 1})
+        probe = _lower(self.inner, self.a, self.b, self.keep, chunk_sizes, self._axis_first, self.dtype, self.model, Names(), False)
+        return probe if isinstance(probe.expr, ir.Call) and probe.axes[0] == self.axis else None
+
     def buffer_setup(self) -> list:
         """Allocate the chunk buffer and the grad flag, when matmul can write into it."""
-        if self.inner != MATMUL:
-            return []
-        chunk_sizes = dict(self.sizes, **{self.axis: self.rows})
-        probe = _lower(self.inner, self.a, self.b, self.keep, chunk_sizes, self._axis_first, self.dtype, self.model, Names(), False)
-        if not (isinstance(probe.expr, ir.Call) and probe.axes[0] == self.axis):
+        probe = self._buffer_probe()
+        if probe is None:
             return []
         self.buffer = self.names.fresh("buf")
         shape = tuple(self.rows if x == self.axis else self.sizes[x] for x in probe.axes)
