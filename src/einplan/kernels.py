@@ -162,19 +162,25 @@ def _input_dims(items, shape, symbolic: frozenset, seen: set) -> str:
             continue
         size = shape[dim]
         dim += 1
-        if isinstance(item, One):
-            words.append("1")
-        elif isinstance(item, Ax):
-            if item.base.isdigit():
-                words.append(item.base)
-            elif item.base in symbolic:
-                words.append(item.base)
-                seen.add(item.base)
-            else:
-                words.append(_pin(item.base, size))
+        if isinstance(item, (One, Ax)):
+            words.append(_axis_word(item, size, symbolic, seen))
         else:
             words.append(_composite(item, size, symbolic, seen))
     return " ".join(words)
+
+
+def _axis_word(item, size: int, symbolic: frozenset, seen: Optional[set] = None) -> str:
+    """One axis's jaxtyping word: ``1``, a literal size, a symbolic name (noted in
+    ``seen``), or the name pinned to its planned size."""
+    if isinstance(item, One):
+        return "1"
+    if item.base.isdigit():
+        return item.base
+    if item.base in symbolic:
+        if seen is not None:
+            seen.add(item.base)
+        return item.base
+    return _pin(item.base, size)
 
 
 def _composite(item: Comp, size: int, symbolic: frozenset, seen: set) -> str:
@@ -197,15 +203,8 @@ def _output_dims(resolved: Resolved, bound, symbolic: frozenset, seen: set) -> s
                 ids = [i for i in sizes if i.startswith(item.group + "[")]
                 ids.sort(key=lambda i: int(i[i.index("[") + 1 : -1]))
                 words.extend(str(sizes[i]) for i in ids)
-        elif isinstance(item, One):
-            words.append("1")
-        elif isinstance(item, Ax):
-            if item.base.isdigit():
-                words.append(item.base)
-            elif item.base in symbolic:
-                words.append(item.base)
-            else:
-                words.append(_pin(item.base, sizes[item.id]))
+        elif isinstance(item, (One, Ax)):
+            words.append(_axis_word(item, sizes[item.id] if isinstance(item, Ax) else 1, symbolic))
         else:
             total = math.prod(sizes[p.id] for p in item.parts if isinstance(p, Ax))
             words.append(_composite(item, total, symbolic, seen))
