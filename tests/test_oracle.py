@@ -352,6 +352,9 @@ ARG_CASES = [
     ("m d, n d -> | {r} m n", "md,nd->mn", [(37, 3), (29, 3)], 0),
     ("b m d, b n d -> b | {r} m n", "bmd,bnd->bmn", [(4, 23, 3), (4, 19, 3)], 1),
     ("m d, n d, p -> | {r} m n p", "md,nd,p->mnp", [(13, 3), (11, 3), (5,)], 0),
+    # a kept axis of size 1 (the running best keeps its shape) and clause axes in another order
+    ("b m d, b n d -> b | {r} m n", "bmd,bnd->bmn", [(1, 23, 3), (1, 19, 3)], 1),
+    ("m d, n d -> | {r} n m", "md,nd->nm", [(37, 3), (29, 3)], 0),
 ]
 
 

@@ -220,7 +220,7 @@ def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=No
             moved = ir.Method(ir.permute(ir.Var(value.var), permutation), "contiguous")
             setup.append(ir.Assign(var, moved, f"unrolled: lay {' '.join(order)} out, {' '.join(big)} last"))
             laid.append(Value(var, tuple(order)))
-            copied += _numel(sizes, value.axes) * _gather_factor(value, order[-1], sizes)
+            copied += _numel(sizes, value.axes) * _gather_factor(value, order[-1], sizes, dtype.itemsize)
         a, b = laid
     inner = sizes[kept[-1]] if kept else 1
     target = names.fresh()
@@ -257,7 +257,7 @@ def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=No
 CACHE_LINE = 64  # bytes
 
 
-def _gather_factor(value: Value, inner: str, sizes, itemsize: int = 4) -> float:
+def _gather_factor(value: Value, inner: str, sizes, itemsize: int) -> float:
     """How many times a transposing copy's traffic exceeds a straight copy's.
 
     The copy writes ``inner`` contiguously but reads it with a stride; each read
