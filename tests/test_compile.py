@@ -36,6 +36,16 @@ def graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
+def assert_same_as_eager(compiled, f, *inputs) -> None:
+    """The compiled function's value and gradients equal eager ``f``'s."""
+    out = compiled(*inputs)
+    grads = torch.autograd.grad(out, inputs)
+    expected = f(*inputs)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected, inputs)):
+        torch.testing.assert_close(got, want)
+
+
 def test_trace_time_lookup_is_marked_like_assume_constant_result():
     import sys
 
@@ -59,13 +69,7 @@ def test_bl_fullgraph_no_break_no_recompile_and_autograd():
     W = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
 
-    out = compiled(l, A, x, W)
-    grads = torch.autograd.grad(out, (l, A, x, W))
-    expected = f(l, A, x, W)
-    expected_grads = torch.autograd.grad(expected, (l, A, x, W))
-    torch.testing.assert_close(out, expected)
-    for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got, want)
+    assert_same_as_eager(compiled, f, l, A, x, W)
     assert graphs() == 1 and graph_breaks() == 0
 
     for _ in range(3):
@@ -93,12 +97,7 @@ def test_kernel_fullgraph_dynamic_axis_errors_and_autograd():
         return quad(l, A, l).exp().mean()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    out = compiled(l, A)
-    grads = torch.autograd.grad(out, (l, A))
-    expected = f(l, A)
-    torch.testing.assert_close(out, expected)
-    for got, want in zip(grads, torch.autograd.grad(expected, (l, A))):
-        torch.testing.assert_close(got, want)
+    assert_same_as_eager(compiled, f, l, A)
     for _ in range(3):
         compiled(l, A)
     assert graphs() == 1 and graph_breaks() == 0
@@ -121,12 +120,7 @@ def test_inductor_kernel_and_bl():
         return tiny(a, b).sum() + bl("b i j, b i j -> b", a, b).sum()
 
     compiled = torch.compile(f, fullgraph=True)
-    out = compiled(a, b)
-    grads = torch.autograd.grad(out, (a, b))
-    expected = f(a, b)
-    torch.testing.assert_close(out, expected)
-    for got, want in zip(grads, torch.autograd.grad(expected, (a, b))):
-        torch.testing.assert_close(got, want)
+    assert_same_as_eager(compiled, f, a, b)
     compiled(a, b)
     assert graphs() == 1 and graph_breaks() == 0
 

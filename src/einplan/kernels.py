@@ -412,9 +412,7 @@ class Kernel:
         dynamic: Union[str, Iterable[str]] = (),
         check: bool = True,
         name: str = DEFAULT_NAME,
-        lowering: Optional[str] = None,
-        memory_limit: Optional[int] = None,
-        compiled: bool = False,
+        options: planner.Options = planner.Options(),
         sizes: Optional[dict] = None,
     ):
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
@@ -425,7 +423,7 @@ class Kernel:
         self.dtype = dtype
         self.device = torch.device(device)
         self._keywords = dict(sizes or {})
-        self._options = planner.Options(lowering, memory_limit, bool(compiled))
+        self._options = options
         shapes = tuple(tuple(int(s) for s in shape) for shape in shapes)
         first = runtime.make_plan(pattern, shapes, dtype, self.device, self._keywords, self._options)
         self._resolved: Resolved = first.bound.resolved
@@ -724,8 +722,6 @@ def kernel(
         dynamic=dynamic,
         check=check,
         name=name,
-        lowering=lowering,
-        memory_limit=memory_limit,
-        compiled=compiled,
+        options=planner.Options(lowering, memory_limit, bool(compiled)),
         sizes=sizes,
     )

@@ -105,8 +105,12 @@ def _align(value: Value, layout: list[str]) -> ir.Expr:
     return expr
 
 
-def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model) -> Lowered:
-    """Broadcast multiply, then ``.sum`` over the contracted axes (trailing)."""
+def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model, fused: bool = False) -> Lowered:
+    """Broadcast multiply, then ``.sum`` over the contracted axes (trailing).
+
+    ``fused``: torch.compile will trace the code and run the product and its sum
+    as one loop that reads the inputs and writes the result; the product never exists.
+    """
     union = list(dict.fromkeys(a.axes + b.axes))
     kept = _order([x for x in union if x in keep], rank)
     summed = [x for x in union if x not in keep]
@@ -116,14 +120,15 @@ def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model) -> Lo
     itemsize = dtype.itemsize
     full = _numel(sizes, layout)
     out = _numel(sizes, kept)
-    traffic = _numel(sizes, a.axes) + _numel(sizes, b.axes) + out + (2 * full if summed else 0)
+    product_exists = bool(summed) and not fused
+    traffic = _numel(sizes, a.axes) + _numel(sizes, b.axes) + out + (2 * full if product_exists else 0)
     estimate = Estimate(
         flops=2 * full if summed else full,
         bytes=traffic * itemsize,
-        ops=2 if summed else 1,
+        ops=2 if product_exists else 1,
         elementwise=full,
-        reductions=out if summed and _numel(sizes, summed) < 64 else 0,
-        memory=(full + out) * itemsize if summed else out * itemsize,
+        reductions=out if product_exists and _numel(sizes, summed) < 64 else 0,
+        memory=(full + out) * itemsize if product_exists else out * itemsize,
     )
     return Lowered(expr, tuple(kept), estimate)
 
@@ -306,14 +311,6 @@ def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple
     return ir.Index(expr, tuple(items)) if items else expr
 
 
-def _fused(estimate: Estimate, a: Value, b: Value, keep, sizes, dtype) -> Estimate:
-    """The broadcast multiply-sum as torch.compile runs it: one loop that reads the
-    inputs and writes the result; the full product never exists."""
-    out = _numel(sizes, [x for x in dict.fromkeys(a.axes + b.axes) if x in keep])
-    traffic = _numel(sizes, a.axes) + _numel(sizes, b.axes) + out
-    return replace(estimate, bytes=traffic * dtype.itemsize, ops=1, reductions=0, memory=out * dtype.itemsize)
-
-
 CONTRACTIONS: dict[str, Callable] = {
     MATMUL: lower_matmul,
     ELEMENTWISE: lower_elementwise,
@@ -321,10 +318,12 @@ CONTRACTIONS: dict[str, Callable] = {
 }
 
 
-def _lower(name, a, b, keep, sizes, rank, dtype, model, names, forced):
+def _lower(name, a, b, keep, sizes, rank, dtype, model, names, forced, fused=False):
     if name == UNROLLED:
         limit = FORCED_UNROLL_TERMS if forced else UNROLL_TERMS
         return lower_unrolled(a, b, keep, sizes, rank, dtype, model, names, limit)
+    if name == ELEMENTWISE:
+        return lower_elementwise(a, b, keep, sizes, rank, dtype, model, fused)
     return CONTRACTIONS[name](a, b, keep, sizes, rank, dtype, model)
 
 
@@ -335,11 +334,9 @@ def choose(a: Value, b: Value, keep, sizes, rank, dtype, model, options: Options
     results = {}
     for name in CONTRACTIONS:
         scratch = Names(names.count) if name == UNROLLED else names
-        lowered = _lower(name, a, b, keep, sizes, rank, dtype, model, scratch, name == forced)
+        lowered = _lower(name, a, b, keep, sizes, rank, dtype, model, scratch, name == forced, options.compiled)
         if lowered is None:
             continue
-        if options.compiled and name == ELEMENTWISE:
-            lowered = replace(lowered, estimate=_fused(lowered.estimate, a, b, keep, sizes, dtype))
         results[name] = (lowered, scratch)
         candidates.append(Candidate(name, lowered.estimate, model.seconds(lowered.estimate)))
     if forced is not None and forced not in results:

@@ -189,7 +189,8 @@ class _ChunkLoop:
         self.total = sizes[axis]
         self.i = ir.Var("i")  # the loop variable: where the chunk starts
         self.inner, self.full = self._inner_lowering()
-        if self.mode == "reduce" and clauses[0][0] in ONE_PASS and self._buffer_probe() is not None:
+        self.probe = self._buffer_probe()  # the chunk's matmul, when it can write into one reused buffer
+        if self.mode == "reduce" and clauses[0][0] in ONE_PASS and self.probe is not None:
             budget = max(budget, min(options.memory_limit or DEFAULT_MEMORY_LIMIT, ONE_PASS_CHUNK_BYTES))
         self.per_row, self.rows = self._rows_per_chunk(budget)
         self.buffer: str | None = None  # the reused out= buffer, if matmul can write into it
@@ -244,11 +245,10 @@ class _ChunkLoop:
 
     def buffer_setup(self) -> list:
         """Allocate the chunk buffer and the grad flag, when matmul can write into it."""
-        probe = self._buffer_probe()
-        if probe is None:
+        if self.probe is None:
             return []
         self.buffer = self.names.fresh("buf")
-        shape = tuple(self.rows if x == self.axis else self.sizes[x] for x in probe.axes)
+        shape = tuple(self.rows if x == self.axis else self.sizes[x] for x in self.probe.axes)
         size = _human_bytes(math.prod(shape) * self.dtype.itemsize)
         inputs_grad = ir.BoolOp("or", tuple(ir.Attr(ir.Var(f"x{k}"), "requires_grad") for k in range(len(self.bound.operands))))
         grad = ir.BoolOp("and", (ir.Call("torch.is_grad_enabled", ()), inputs_grad))
