@@ -202,6 +202,22 @@ def einplan_to_einsum(pattern: str) -> str:
 # --- tensors and comparisons -------------------------------------------------------------------
 
 
+def axis_base(axis: str) -> str:
+    """A generated axis name without its primes: ``n''`` -> ``n``."""
+    return axis.rstrip("'")
+
+
+def operand_shapes(operands, sizes, ellipsis_dims) -> list[tuple[int, ...]]:
+    """Each operand's shape: its axes' sizes, with operand k's ``...`` standing for ``ellipsis_dims[k]``."""
+    shapes = []
+    for k, op in enumerate(operands):
+        shape = []
+        for token in op:
+            shape.extend(ellipsis_dims[k] if token == "..." else [sizes[axis_base(token)]])
+        shapes.append(tuple(shape))
+    return shapes
+
+
 def random_tensors(shapes, dtype=torch.float64, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(tuple(s), generator=generator, dtype=torch.float64).to(dtype) for s in shapes]

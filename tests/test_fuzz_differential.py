@@ -46,9 +46,11 @@ import torch
 from conftest import (
     ALL_LOWERINGS,
     TOLERANCES,
+    axis_base,
     chain_reading,
     einplan_to_einsum,
     lowering_id,
+    operand_shapes,
     random_tensors,
 )
 from hypothesis import HealthCheck, Phase, given, settings
@@ -109,10 +111,6 @@ F64, F32, I64, C128 = torch.float64, torch.float32, torch.int64, torch.complex12
 
 
 
-def _base(axis: str) -> str:
-    return axis.rstrip("'")
-
-
 class Scale(NamedTuple):
     bases: int  # at most this many base names (each maybe primed too; at most MAX_AXES axes)
     operands: int  # 1 to this many operands
@@ -169,16 +167,6 @@ def _operands(draw, axes: list[str], scale: Scale):
             for _ in range(draw(st.sampled_from([1, 1, 2]))):
                 op.insert(draw(st.integers(0, len(op))), name)
     return operands
-
-
-def _shapes(operands, sizes, ellipsis_dims):
-    shapes = []
-    for k, op in enumerate(operands):
-        shape = []
-        for token in op:
-            shape.extend(ellipsis_dims[k] if token == "..." else [sizes[_base(token)]])
-        shapes.append(tuple(shape))
-    return shapes
 
 
 def _spell(operands, output, clauses) -> str:
@@ -248,7 +236,7 @@ def cases(draw, with_clauses: bool | None, dtypes, scale: Scale = LARGE, min_cla
 
     pattern = _spell(operands, output, clauses)
     equation = einplan_to_einsum(_spell(operands, output + clause_axes, []))
-    shapes = _shapes(operands, sizes, ellipsis_dims)
+    shapes = operand_shapes(operands, sizes, ellipsis_dims)
     return pattern, equation, shapes, tuple(clauses), dtype, sizes
 
 
@@ -603,13 +591,13 @@ def empty_extreme_cases(draw):
         k = len(clauses) - 1 if reducer in ARG_REDUCERS else draw(st.integers(0, len(clauses) - 1))
         clauses = clauses[:k] + ((reducer, clauses[k][1]),) + clauses[k + 1:]
         extremes = [k]
-    emptied = _base(draw(st.sampled_from(clauses[draw(st.sampled_from(extremes))][1])))
+    emptied = axis_base(draw(st.sampled_from(clauses[draw(st.sampled_from(extremes))][1])))
     # the chosen axis (and its primes) gets size 0 in every operand
     head, tail = pattern.split("|")[0].split("->")
     operands = [op.split() for op in head.split(",")]
     new_sizes = {b: (0 if b == emptied else s) for b, s in sizes.items()}
     new_shapes = [
-        _shapes([op], new_sizes, {0: _ellipsis_dims(op, shape)})[0] for op, shape in zip(operands, shapes)
+        operand_shapes([op], new_sizes, {0: _ellipsis_dims(op, shape)})[0] for op, shape in zip(operands, shapes)
     ]
     return _spell(operands, tail.split(), clauses), equation, new_shapes, clauses, dtype, new_sizes
 

@@ -25,7 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einplan
-from conftest import NOT_IMPLEMENTED, assert_matches, chain_reading, einplan_to_einsum, random_tensors
+from conftest import (
+    NOT_IMPLEMENTED,
+    assert_matches,
+    chain_reading,
+    einplan_to_einsum,
+    operand_shapes,
+    random_tensors,
+)
 
 NAMES = [
     "i", "j", "k", "n", "b1", "b2", "ab", "xy_z", "Q9", "_u",
@@ -126,20 +133,6 @@ def _ellipsis(draw, operands: list[list[str]]):
     return dims
 
 
-def _base(axis: str) -> str:
-    return axis.rstrip("'")
-
-
-def _shapes(operands, sizes, ellipsis_dims):
-    shapes = []
-    for k, op in enumerate(operands):
-        shape = []
-        for token in op:
-            shape.extend(ellipsis_dims[k] if token == "..." else [sizes[_base(token)]])
-        shapes.append(tuple(shape))
-    return shapes
-
-
 def _spell(operands, output) -> str:
     return ", ".join(" ".join(op) for op in operands) + " -> " + " ".join(output)
 
@@ -165,7 +158,7 @@ def plain_cases(draw):
     spell = lambda tokens: "".join("..." if t == "..." else letters[t] for t in tokens)  # noqa: E731
     equation = ",".join(spell(op) for op in operands) + "->" + spell(output)
     layout = draw(st.sampled_from(LAYOUTS))
-    return _spell(operands, output), equation, _shapes(operands, sizes, ellipsis_dims), layout
+    return _spell(operands, output), equation, operand_shapes(operands, sizes, ellipsis_dims), layout
 
 
 @st.composite
@@ -199,7 +192,7 @@ def chain_cases(draw):
         output.insert(draw(st.integers(0, len(output))), "...")
     pattern = _spell(operands, output)
     layout = draw(st.sampled_from(LAYOUTS))
-    return pattern, einplan_to_einsum(pattern), _shapes(operands, sizes, ellipsis_dims), layout
+    return pattern, einplan_to_einsum(pattern), operand_shapes(operands, sizes, ellipsis_dims), layout
 
 
 @pytest.mark.parametrize("lowering", einplan.LOWERINGS)
