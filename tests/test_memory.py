@@ -19,24 +19,32 @@ MiB = 2**20
 LINUX = Path("/proc/self/clear_refs").exists()
 
 
+WHOLE = ((20000, 128), (20000, 128))  # a 1.6 GB product
+NARROW = ((20000, 128), (1000, 128))  # 80 MB, too narrow for tiles
+
+
 @pytest.mark.parametrize(
-    "pattern, one_pass",
+    "pattern, shapes, cut",
     [
-        # max/argmax of the whole product read each chunk once from matmul's reused buffer:
-        # they may take the larger one-pass chunk
-        ("m d, n d -> | max m n", True),
-        ("m d, n d -> | argmax m n", True),
-        ("q d, k d -> q | logsumexp k", False),
-        ("q d, k d -> q | argmin k", False),
-        ("q d, k d -> k | mean q", False),
+        # max/argmax of the whole product: tiles of a chunk's budget, read while still in cache
+        ("m d, n d -> | max m n", WHOLE, "tiles"),
+        ("m d, n d -> | argmax m n", WHOLE, "tiles"),
+        # a product too narrow for tiles: each chunk is read once from matmul's reused buffer,
+        # so it may take the larger one-pass chunk
+        ("m d, n d -> | max m n", NARROW, "one-pass chunks"),
+        ("m d, n d -> | argmax m n", NARROW, "one-pass chunks"),
+        ("q d, k d -> q | logsumexp k", WHOLE, "chunks"),
+        ("q d, k d -> q | argmin k", WHOLE, "chunks"),
+        ("q d, k d -> k | mean q", WHOLE, "chunks"),
     ],
 )
 @pytest.mark.parametrize("limit", [1 * MiB, 8 * MiB, 256 * MiB])
-def test_planner_accounting_keeps_chunks_under_the_limit(pattern, one_pass, limit):
-    plan = plan_for(pattern, (20000, 128), (20000, 128), memory_limit=limit)
+def test_planner_accounting_keeps_chunks_under_the_limit(pattern, shapes, cut, limit):
+    plan = plan_for(pattern, *shapes, memory_limit=limit)
     chunked = [s for s in plan.steps if s.kind == CHUNKED]
-    assert chunked, "a 1.6 GB intermediate must be chunked"
-    budget = min(limit, ONE_PASS_CHUNK_BYTES if one_pass else CHUNK_BYTES)
+    assert chunked, "an intermediate over the chunk budget must be chunked"
+    assert ("in tiles of" in chunked[0].description) == (cut == "tiles"), chunked[0].description
+    budget = min(limit, ONE_PASS_CHUNK_BYTES if cut == "one-pass chunks" else CHUNK_BYTES)
     assert chunked[0].estimate.memory <= budget <= limit
     if limit >= ONE_PASS_CHUNK_BYTES:  # the chunk uses most of its budget
         assert chunked[0].estimate.memory > budget / 2

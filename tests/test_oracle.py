@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import einplan
+from einplan.reductions import TILE_COLUMNS
 from conftest import (
     ALL_LOWERINGS,
     IMPLEMENTED,
@@ -384,3 +385,72 @@ def test_chunked_arg_reduction_over_several_axes_is_torchs_first_index(case, red
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.dtype == torch.int64 and torch.equal(g, w), (pattern, data, got, want)
+
+
+# --- tiles: a whole product wider than a tile is cut into rows by columns --------------------
+
+TILE_ROWS = 8
+TILED_LIMIT = TILE_ROWS * TILE_COLUMNS * 8  # memory_limit: tiles of 8 float64 rows
+WIDE = 2 * TILE_COLUMNS + 77  # two whole tiles and a narrower one
+TILED_CASES = {  # clause order: (pattern's reduced axes, einsum equation, shapes: rows first)
+    "m n": ("md,nd->mn", [(21, 3), (WIDE, 3)]),
+    "n m": ("md,nd->nm", [(WIDE, 3), (21, 3)]),
+}
+
+
+def _tiled_step(pattern: str, *tensors, memory_limit=TILED_LIMIT):
+    plan = einplan.runtime.plan_for(pattern, *tensors, memory_limit=memory_limit)
+    (step,) = [s for s in plan.steps if s.kind == einplan.CHUNKED]
+    assert f"in tiles of {TILE_ROWS} along" in step.description, step.description
+    return step
+
+
+@pytest.mark.parametrize("data", ["random", "ties", "tie-in-a-later-tile", "nan", "-inf"])
+@pytest.mark.parametrize("reducer", ["argmax", "argmin"])
+@pytest.mark.parametrize("order", list(TILED_CASES))
+def test_tiled_arg_reduction_is_torchs_first_index(order, reducer, data):
+    equation, shapes = TILED_CASES[order]
+    pattern = f"m d, n d -> | {reducer} {order}"
+    a, b = random_tensors(shapes, F64, seed=5)
+    rows, columns = (a, b) if order == "m n" else (b, a)  # the operands of the product's rows and columns
+    sign = 1.0 if reducer == "argmax" else -1.0
+    if data == "ties":  # small integers: the extreme repeats in many tiles
+        a, b = [t.mul(1.5).round().clamp(-1, 1) for t in (a, b)]
+    elif data == "tie-in-a-later-tile":  # row 5 in the second tile comes before row 6 in the first
+        rows.mul_(0.01), columns.mul_(0.01)
+        rows[5], columns[TILE_COLUMNS + 500] = torch.tensor([10.0 * sign, 0, 0]), torch.tensor([10.0, 0, 0])
+        rows[6], columns[10] = torch.tensor([0, 10.0 * sign, 0]), torch.tensor([0, 10.0, 0])
+    elif data == "nan":  # NaN in two tiles of one row block: the first flat one wins
+        rows[3, 0], columns[TILE_COLUMNS + 9, 0] = float("nan"), float("nan")
+    elif data == "-inf":
+        a.fill_(float("-inf") if reducer == "argmax" else float("inf"))
+        b.fill_(1.0)
+    _tiled_step(pattern, a, b)
+    want = _flat_arg(torch.einsum(equation, a, b), reducer, 0)
+    got = einplan.bl(pattern, a, b, memory_limit=TILED_LIMIT)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.int64 and torch.equal(g, w), (pattern, data, got, want)
+
+
+@pytest.mark.parametrize("reducer", ["max", "min"])
+@pytest.mark.parametrize("order", list(TILED_CASES))
+def test_tiled_max_and_min_and_their_gradients_are_torchs(order, reducer):
+    # max/min cut the longer axis into rows: tiles need the other one wider than a tile too
+    equation, _ = TILED_CASES[order]
+    pattern = f"m d, n d -> | {reducer} {order}"
+    a, b = [t.requires_grad_() for t in random_tensors([(TILE_COLUMNS + 76, 3), (WIDE, 3)], F64, seed=6)]
+    _tiled_step(pattern, a, b)
+    got = einplan.bl(pattern, a, b, memory_limit=TILED_LIMIT)
+    want = getattr(torch, f"a{reducer}")(torch.einsum(equation, a, b))
+    assert_matches(got.detach(), want.detach(), pattern)
+    for g, w in zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b))):
+        assert_matches(g, w, f"{pattern}: gradient")
+
+
+def test_tiled_max_passes_gradcheck():
+    a, b = random_tensors([(TILE_COLUMNS + 6, 1), (TILE_COLUMNS + 6, 1)], F64, seed=7)
+    limit = 512 * TILE_COLUMNS * 8  # tiles of 512 rows: 512 + 512 + 6 rows by 1024 + 6 columns
+    plan = einplan.runtime.plan_for("m d, n d -> | max m n", a, b, memory_limit=limit)
+    assert "in tiles of 512 along m by 1024 along n" in plan.steps[-1].description
+    # numerical gradients for one operand (a thousand inputs) keep this quick
+    assert torch.autograd.gradcheck(lambda x: einplan.bl("m d, n d -> | max m n", x, b, memory_limit=limit), (a.requires_grad_(),))

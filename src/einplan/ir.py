@@ -31,6 +31,7 @@ FUNCTIONS = frozenset(
         "torch.is_grad_enabled",
         "torch.zeros",
         "torch.take_along_dim",
+        "torch.arange",
     }
 )
 METHODS = frozenset(
@@ -62,7 +63,7 @@ METHODS = frozenset(
     }
 )
 ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad"})
-OPERATORS = frozenset({"*", "+", "-", "@", "/", ">", "<", "!=", "==", "&", "|"})
+OPERATORS = frozenset({"*", "+", "-", "@", "/", "//", ">", "<", "!=", "==", "&", "|"})
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
                 description = _describe([a.axes, b.axes], lowered.axes)
                 seconds = model.seconds(estimate)
                 candidates = candidates + (Candidate(CHUNKED, estimate, seconds),)
-                steps.append(Step(CHUNKED, f"{description} in chunks of {chunking.rows} along {chunking.axis}, then {inner}", tuple(statements), estimate, candidates))
+                steps.append(Step(CHUNKED, f"{description} {chunking.describe()}, then {inner}", tuple(statements), estimate, candidates))
                 break
         description = _describe([a.axes, b.axes], lowered.axes)
         var, statements = assign_result(lowered, f"{winner}: {description}", names)
