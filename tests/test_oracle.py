@@ -195,10 +195,34 @@ def test_quadratic_form_code_is_matmul_then_multiply_sum(default_cost_model, dty
     assert len(body) == 2, source
     first, second = body
     assert "torch.matmul(" in first and "matmul-broadcast" in first, source
-    assert "elementwise-sum" in second and " * " in second and ".sum(" in second, source
+    # the multiply overwrites the matmul's own result (no second temporary), never an input
+    assert "elementwise-sum" in second and re.search(r"t0\.mul_\(x\d\)\.sum\(", second), source
     assert "torch.matmul" not in second, source
     for copy in (".expand(", ".repeat(", ".expand_as(", ".contiguous(", ".clone("):
         assert copy not in source, source
+
+
+@pytest.mark.parametrize("pattern, equation", [
+    (QF, "abn,nm,abm->ab"),
+    ("i j, j k, i k -> i", "ij,jk,ik->i"),
+])
+def test_multiply_in_place_writes_only_the_plans_own_tensors(default_cost_model, pattern, equation):
+    """The step after a matmul multiplies into the matmul's result: inputs stay as they were,
+    also when one tensor is passed twice, and gradients are autograd's."""
+    shapes = [(80, 20, 64), (64, 64), (80, 20, 64)] if pattern == QF else [(1600, 64), (64, 64), (1600, 64)]
+    tensors = [t.requires_grad_() for t in random_tensors(shapes, F64, seed=8)]
+    if pattern == QF:
+        tensors[2] = tensors[0]  # the same tensor twice
+    assert ".mul_(" in einplan.code(pattern, *tensors)
+    before = [t.detach().clone() for t in tensors]
+    got = einplan.bl(pattern, *tensors)
+    want = torch.einsum(equation, *tensors)
+    assert_matches(got.detach(), want.detach(), pattern)
+    for t, b in zip(tensors, before):
+        assert torch.equal(t.detach(), b), "an input was written"
+    leaves = list(dict.fromkeys(tensors))
+    for g, w in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), leaves)):
+        assert_matches(g, w, f"{pattern}: gradient")
 
 
 def test_quadratic_form_explain_shows_primed_form():

@@ -34,10 +34,15 @@ class Options:
 
 @dataclass(frozen=True)
 class Value:
-    """A tensor in the generated code: its variable and its axis ids, in order."""
+    """A tensor in the generated code: its variable and its axis ids, in order.
+
+    ``owned``: a fresh tensor of the plan's own (a matmul's result) that only the
+    next step reads, so that step may overwrite it instead of allocating.
+    """
 
     var: str
     axes: tuple[str, ...]
+    owned: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,12 +120,18 @@ def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model, fused
     kept = _order([x for x in union if x in keep], rank)
     summed = [x for x in union if x not in keep]
     layout = kept + summed
-    product = ir.BinOp("*", _align(a, layout), _align(b, layout))
+    product_exists = bool(summed) and not fused
+    # a product the sum reads once may overwrite an owned operand of the same shape (no allocation)
+    into = next((v for v in (a, b) if v.owned and len(v.axes) == len(layout)), None) if product_exists else None
+    if into is not None:
+        other = b if into is a else a
+        product = ir.Method(_align(into, layout), "mul_", (_align(other, layout),))
+    else:
+        product = ir.BinOp("*", _align(a, layout), _align(b, layout))
     expr = _sum(product, tuple(range(-len(summed), 0)), dtype) if summed else product
     itemsize = dtype.itemsize
     full = _numel(sizes, layout)
     out = _numel(sizes, kept)
-    product_exists = bool(summed) and not fused
     traffic = _numel(sizes, a.axes) + _numel(sizes, b.axes) + out + (2 * full if product_exists else 0)
     estimate = Estimate(
         flops=2 * full if summed else full,
@@ -128,7 +139,7 @@ def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model, fused
         ops=2 if product_exists else 1,
         elementwise=full,
         reductions=out if product_exists and _numel(sizes, summed) < 64 else 0,
-        memory=(full + out) * itemsize if product_exists else out * itemsize,
+        memory=((full if into is None else 0) + out) * itemsize if product_exists else out * itemsize,
     )
     return Lowered(expr, tuple(kept), estimate)
 

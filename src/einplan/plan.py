@@ -203,7 +203,7 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
         description = _describe([a.axes, b.axes], lowered.axes)
         var, statements = assign_result(lowered, f"{winner}: {description}", names)
         steps.append(Step(winner, description, statements, lowered.estimate, candidates))
-        values.append(Value(var, lowered.axes))
+        values.append(Value(var, lowered.axes, owned=winner == MATMUL))
     if results is None:
         (result,) = values
         results = [result]
