@@ -2,7 +2,8 @@
 
 ``reduce_clause`` applies one clause to a tensor that exists in full.
 ``chunked`` computes the last contraction and the clauses in chunks of one
-axis into a reused buffer, so that the full intermediate never exists.
+axis into a reused buffer, so that the full intermediate never exists; a
+max/min/argmax/argmin of a whole wide product goes in tiles of two axes.
 """
 
 from __future__ import annotations
