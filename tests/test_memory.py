@@ -50,6 +50,14 @@ def test_planner_accounting_keeps_chunks_under_the_limit(pattern, shapes, cut, l
         assert chunked[0].estimate.memory > budget / 2
 
 
+@pytest.mark.parametrize("device, cut", [("cpu", "in tiles of 2048 along m by 1024 along n"),
+                                         ("cuda", "in chunks of 419 along m")])
+def test_whole_product_max_is_tiled_for_a_cpu_only(device, cut):
+    plan = plan_for("m d, n d -> | max m n", *WHOLE, device=device)
+    (step,) = [s for s in plan.steps if s.kind == CHUNKED]
+    assert cut in step.description, step.description
+
+
 def test_small_reductions_are_not_chunked():
     plan = plan_for("m d, n d -> | max m n", (20, 8), (30, 8))
     assert all(s.kind != CHUNKED for s in plan.steps)

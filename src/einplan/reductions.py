@@ -247,6 +247,8 @@ class _ChunkLoop:
         (``| max m n``, ``| argmax m n``) and the product is wider than a tile; else (None, 0)."""
         if self.mode != "reduce" or self.probe is None or self.clauses[0][0] not in ONE_PASS:
             return None, 0
+        if self.model.kind != "cpu":  # measured for a CPU's caches; a GPU's GEMM wants the taller chunk
+            return None, 0
         axes = self.probe.axes  # the chunk axis first
         if len(axes) != 2 or set(axes) != set(self.clauses[0][1]) or self.sizes[axes[1]] <= TILE_COLUMNS:
             return None, 0
