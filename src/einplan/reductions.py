@@ -205,7 +205,7 @@ class _ChunkLoop:
         self.j = ir.Var("j")  # in tiles, where the tile's columns start
         self.inner, self.full = self._inner_lowering()
         self.probe = self._buffer_probe()  # the chunk's matmul, when it can write into one reused buffer
-        self.column, self.width = self._tile_columns()
+        self.column, self.width = self._tile_columns(budget)
         if self.column is None and self.mode == "reduce" and clauses[0][0] in ONE_PASS and self.probe is not None:
             budget = max(budget, min(options.memory_limit or DEFAULT_MEMORY_LIMIT, ONE_PASS_CHUNK_BYTES))
         self.per_row, self.rows = self._rows_per_chunk(budget)
@@ -242,17 +242,21 @@ class _ChunkLoop:
         inner, full, _ = choose(self.a, self.b, self.keep, self.sizes, self._axis_first, self.dtype, self.model, inner_options, probe)
         return inner, full
 
-    def _tile_columns(self) -> tuple[Optional[str], int]:
+    def _tile_columns(self, budget) -> tuple[Optional[str], int]:
         """The column axis and tile width when a one-pass clause reduces the whole 2-D product
-        (``| max m n``, ``| argmax m n``) and the product is wider than a tile; else (None, 0)."""
+        (``| max m n``, ``| argmax m n``) and the product is wider than a tile; else (None, 0).
+
+        A tile is TILE_COLUMNS wide, or narrower when one row of that would not fit ``budget``.
+        """
         if self.mode != "reduce" or self.probe is None or self.clauses[0][0] not in ONE_PASS:
             return None, 0
         if self.model.kind != "cpu":  # measured for a CPU's caches; a GPU's GEMM wants the taller chunk
             return None, 0
         axes = self.probe.axes  # the chunk axis first
-        if len(axes) != 2 or set(axes) != set(self.clauses[0][1]) or self.sizes[axes[1]] <= TILE_COLUMNS:
+        width = int(max(1, min(TILE_COLUMNS, budget // self.dtype.itemsize)))
+        if len(axes) != 2 or set(axes) != set(self.clauses[0][1]) or self.sizes[axes[1]] <= width:
             return None, 0
-        return axes[1], TILE_COLUMNS
+        return axes[1], width
 
     def _rows_per_chunk(self, budget) -> tuple[float, int]:
         """Bytes per row of the chunk (of the tile, when tiled), and how many rows fit in ``budget``."""
