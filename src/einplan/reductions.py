@@ -268,11 +268,15 @@ class _ChunkLoop:
         rows = int(max(1, min(self.total, budget // per_row))) if self.total else 1
         return per_row, rows
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """How many chunks of rows, and how many tiles across each (1 when not tiled)."""
+        columns = math.ceil(self.sizes[self.column] / self.width) if self.column is not None else 1
+        return max(1, math.ceil(self.total / self.rows)), max(1, columns)
+
     def estimate(self):
         """The full step's estimate, with one set of ops per chunk (tile) and one chunk's memory."""
-        chunks = max(1, math.ceil(self.total / self.rows))
-        if self.column is not None:
-            chunks *= max(1, math.ceil(self.sizes[self.column] / self.width))
+        chunks = math.prod(self.grid)
         ops = self.full.estimate.ops * chunks + 2 * len(self.clauses) * chunks
         return replace(self.full.estimate, ops=ops, memory=self.rows * self.per_row)
 
@@ -301,12 +305,14 @@ class _ChunkLoop:
             ir.Assign(GRAD_FLAG, grad, "out= buffers do not carry gradients"),
         ]
 
-    def _into_buffer(self, lowered, length: int, width: int) -> ir.Expr:
-        """The chunk's matmul with ``out=`` the buffer (or its first ``length`` rows and ``width`` columns)."""
+    def _into_buffer(self, lowered, chunk_sizes: dict) -> ir.Expr:
+        """The chunk's matmul with ``out=`` the buffer (or its first rows and columns, for a shorter
+        chunk or a narrower tile)."""
         expr = lowered.expr
         is_matmul = isinstance(expr, ir.Call) and expr.func == "torch.matmul"
         if self.buffer is None or not is_matmul or lowered.axes[0] != self.axis:
             return expr
+        length, width = chunk_sizes[self.axis], chunk_sizes.get(self.column, self.width)
         rows = ir.SLICE if length == self.rows else ir.Range(ir.Const(None), ir.Const(length))
         items = (rows, ir.Range(ir.Const(None), ir.Const(width))) if width != self.width else (rows,)
         target = ir.Var(self.buffer)
@@ -329,10 +335,9 @@ class _ChunkLoop:
 
     def contract(self, parts, chunk_sizes: dict) -> list:
         """Contract one chunk (or tile) of the operands and fold it in."""
-        width = chunk_sizes[self.column] if self.column is not None else self.width
         forced = self.options.lowering == self.inner
         lowered = _lower(self.inner, parts[0], parts[1], self.keep, chunk_sizes, self._axis_first, self.dtype, self.model, self.names, forced)
-        lowered = replace(lowered, expr=self._into_buffer(lowered, chunk_sizes[self.axis], width))
+        lowered = replace(lowered, expr=self._into_buffer(lowered, chunk_sizes))
         comment = f"{self.inner}: {_describe([self.a.axes, self.b.axes], lowered.axes)} for this {self.piece}"
         var, statements = assign_result(lowered, comment, self.names, "s")
         return list(statements) + self.combine(Value(var, lowered.axes), chunk_sizes)
@@ -517,12 +522,9 @@ class _RunningArgReduction(_RunningReduction):
 
     # --- tiles: each tile's extreme, its row and its column, in a grid of tiles
 
-    def _tile_grid(self) -> tuple[int, int]:
-        return math.ceil(self.total / self.rows), math.ceil(self.sizes[self.column] / self.width)
-
     def _tile_setup(self) -> list:
         self.acc, self.tile_row, self.tile_column = self.names.fresh("best"), self.names.fresh("row"), self.names.fresh("col")
-        grid = self._tile_grid()
+        grid = self.grid
         return [
             ir.Assign(self.acc, _empty(grid, self.dtype), f"each tile's {self.extreme}"),
             ir.Assign(self.tile_row, _empty(grid, torch.int64), "the first row of the tile holding it"),
