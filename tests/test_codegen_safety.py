@@ -177,9 +177,10 @@ class _Walker:
                     raise Unsafe(f"float({ast.dump(node)})")
                 return
         elif isinstance(func, ast.Attribute):
-            if isinstance(func.value, ast.Name) and func.value.id == "torch":
-                if f"torch.{func.attr}" not in FUNCTIONS:
-                    raise Unsafe(f"call to torch.{func.attr}")
+            dotted = _torch_path(func)
+            if dotted is not None:
+                if dotted not in FUNCTIONS:
+                    raise Unsafe(f"call to {dotted}")
             else:
                 if func.attr not in METHODS:
                     raise Unsafe(f"method .{func.attr}")
@@ -194,6 +195,18 @@ class _Walker:
             if kw.arg not in KEYWORDS:
                 raise Unsafe(f"keyword argument {kw.arg!r}")
             self.expr(kw.value)
+
+
+def _torch_path(func: ast.Attribute):
+    """``"torch.linalg.vecdot"`` for a call through the torch module, else None."""
+    parts = [func.attr]
+    node = func.value
+    while isinstance(node, ast.Attribute) and isinstance(node.value, (ast.Attribute, ast.Name)):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name) and node.id == "torch":
+        return ".".join(["torch", *reversed(parts)])
+    return None
 
 
 def check_source(source: str, n_inputs: int) -> None:

@@ -32,6 +32,7 @@ FUNCTIONS = frozenset(
         "torch.zeros",
         "torch.take_along_dim",
         "torch.arange",
+        "torch.linalg.vecdot",
     }
 )
 METHODS = frozenset(

@@ -111,7 +111,8 @@ def _align(value: Value, layout: list[str]) -> ir.Expr:
 
 
 def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model, fused: bool = False) -> Lowered:
-    """Broadcast multiply, then ``.sum`` over the contracted axes (trailing).
+    """Broadcast multiply, then ``.sum`` over the contracted axes (trailing);
+    one ``torch.linalg.vecdot`` call when a single axis of a float product is summed.
 
     ``fused``: torch.compile will trace the code and run the product and its sum
     as one loop that reads the inputs and writes the result; the product never exists.
@@ -123,12 +124,16 @@ def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model, fused
     product_exists = bool(summed) and not fused
     # a product the sum reads once may overwrite an owned operand of the same shape (no allocation)
     into = next((v for v in (a, b) if v.owned and len(v.axes) == len(layout)), None) if product_exists else None
+    left, right = _align(a, layout), _align(b, layout)
     if into is not None:
-        other = b if into is a else a
-        product = ir.Method(_align(into, layout), "mul_", (_align(other, layout),))
+        product = ir.Method(*((left, "mul_", (right,)) if into is a else (right, "mul_", (left,))))
     else:
-        product = ir.BinOp("*", _align(a, layout), _align(b, layout))
-    expr = _sum(product, tuple(range(-len(summed), 0)), dtype) if summed else product
+        product = ir.BinOp("*", left, right)
+    if product_exists and into is None and len(summed) == 1 and dtype.is_floating_point:
+        # the same multiply and sum, issued from Python as one call instead of two
+        expr = ir.Call("torch.linalg.vecdot", (left, right))
+    else:
+        expr = _sum(product, tuple(range(-len(summed), 0)), dtype) if summed else product
     itemsize = dtype.itemsize
     full = _numel(sizes, layout)
     out = _numel(sizes, kept)
