@@ -269,3 +269,22 @@ def shipped_cost_model(monkeypatch, tmp_path):
     cost._loaded.clear()
     yield
     cost._loaded.clear()
+
+
+@pytest.fixture
+def cpu_screen(monkeypatch):
+    """Pin the CPU model's bfloat16 GEMM rate, whatever this machine has: ``cpu_screen(True)`` plans
+    as on a CPU with AMX (large max/min/argmax/argmin are screened), ``cpu_screen(False)`` as on
+    one without (never screened).  Returns the model."""
+    from dataclasses import replace
+
+    from einplan import cost, runtime
+
+    def use(on: bool):
+        model = replace(cost.CPU, screen_rate=4.0 * cost.CPU.gemm_rate if on else 0.0)
+        monkeypatch.setitem(cost._loaded, "cpu", model)
+        runtime.clear_cache()
+        return model
+
+    yield use
+    runtime.clear_cache()

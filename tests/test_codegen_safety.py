@@ -46,16 +46,19 @@ OPERATOR_NODES = {
     "+": ast.Add,
     "-": ast.Sub,
     "/": ast.Div,
+    "//": ast.FloorDiv,
+    "%": ast.Mod,
     "@": ast.MatMult,
     ">": ast.Gt,
+    ">=": ast.GtE,
     "<": ast.Lt,
     "==": ast.Eq,
     "!=": ast.NotEq,
     "&": ast.BitAnd,
     "|": ast.BitOr,
 }
-BINARY = tuple(OPERATOR_NODES[op] for op in OPERATORS if op in OPERATOR_NODES and op not in (">", "<", "==", "!="))
-COMPARE = tuple(OPERATOR_NODES[op] for op in OPERATORS if op in (">", "<", "==", "!="))
+BINARY = tuple(OPERATOR_NODES[op] for op in OPERATORS if op in OPERATOR_NODES and op not in (">", "<", ">=", "==", "!="))
+COMPARE = tuple(OPERATOR_NODES[op] for op in OPERATORS if op in (">", "<", ">=", "==", "!="))
 CONTEXT = (ast.USub, ast.And, ast.Or, ast.Load, ast.Store)
 ALLOWED = STATEMENTS + EXPRESSIONS + BINARY + COMPARE + CONTEXT + (ast.Module, ast.FunctionDef, ast.arguments, ast.arg)
 

@@ -19,6 +19,7 @@ CASES = {
     "batched_dot": ("b1 b2 n, b1 b2 n -> b1 b2", [(80, 20, 64), (80, 20, 64)], {"lowering": "elementwise-sum"}),
     "tiny_matmul_unrolled": ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], {"lowering": "unrolled"}),
     "max_inner_product_index": ("m d, n d -> | argmax m n", [(2000, 128), (2000, 128)], {"memory_limit": 2**20}),
+    "max_inner_product_screened": ("m d, n d -> | max m n", [(3000, 64), (2500, 64)], {}),
     "logsumexp_scores": ("q d, k d -> q | logsumexp k", [(2000, 64), (3000, 64)], {"memory_limit": 2**20}),
     "composite_split": ("b (h d), h d e -> b h e", [(5, 12), (3, 4, 7)], {"lowering": "matmul-broadcast"}),
     "batched_trace": ("b n n -> b", [(7, 3, 3)], {}),
@@ -27,6 +28,12 @@ CASES = {
 
 
 pytestmark = pytest.mark.usefixtures("shipped_cost_model")
+
+
+@pytest.fixture(autouse=True)
+def amx_cpu(shipped_cost_model, cpu_screen):
+    """The shipped CPU model as on a CPU with AMX tiles, on any machine (it screens large max/min)."""
+    cpu_screen(True)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -102,7 +102,8 @@ def statements(stmts, indent: str = "    ") -> list[str]:
             line = f"{indent}{expr(stmt.value)}"
             lines.append(f"{line}  # {stmt.comment}" if stmt.comment else line)
         elif isinstance(stmt, ir.Loop):
-            head = f"{indent}for {stmt.var} in range({stmt.start}, {stmt.stop}, {stmt.step}):"
+            stop = repr(int(stmt.stop)) if isinstance(stmt.stop, int) else expr(stmt.stop)
+            head = f"{indent}for {stmt.var} in range({int(stmt.start)}, {stop}, {int(stmt.step)}):"
             lines.append(f"{head}  # {stmt.comment}" if stmt.comment else head)
             lines.extend(statements(stmt.body, indent + "    "))
         elif isinstance(stmt, ir.Return):

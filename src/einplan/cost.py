@@ -35,6 +35,9 @@ class DeviceModel:
     loop_matrix: float = 0.0  # seconds per matrix of that loop
     loop_fma: float = 0.0  # seconds per multiply-add in it
     loop_output: float = 0.0  # seconds per output element written
+    # FLOP/s of a bfloat16 matmul (float32 accumulation), which screens max/min/argmax/argmin of a
+    # large product; 0 where it is not fast (see reductions.SCREEN_MIN_SPEEDUP)
+    screen_rate: float = 0.0
 
     def breakdown(self, estimate: "Estimate") -> dict[str, float]:
         """Seconds per cost term: what a step's estimate is made of."""
@@ -101,6 +104,19 @@ CPU = DeviceModel(
     loop_output=2.7e-9,
 )
 
+def _bfloat16_rate(gemm_rate: float) -> float:
+    """The shipped guess of a CPU's bfloat16 matmul rate: a CPU with AMX tiles runs it at about
+    four times its float32 rate (measured on a 2-core one: 495 against 102-174 GFLOP/s); on any
+    other CPU it is not assumed fast, and ``einplan tune`` measures it."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return 4.0 * gemm_rate if amx is not None and amx() else 0.0
+    except RuntimeError:
+        return 0.0
+
+
+CPU = replace(CPU, screen_rate=_bfloat16_rate(CPU.gemm_rate))
+
 CUDA = DeviceModel(
     kind="cuda",
     op_overhead=8.0e-6,
@@ -138,7 +154,7 @@ def load_model(device: torch.device | str) -> DeviceModel:
         stored = json.loads(cache_file().read_text()).get(kind)
         if stored:
             fields = {k: float(v) for k, v in stored.items() if k in DeviceModel.__dataclass_fields__ and k != "kind"}
-            if all(math.isfinite(v) and v > 0 for v in fields.values()):
+            if all(math.isfinite(v) and (v > 0 or (k == "screen_rate" and v == 0)) for k, v in fields.items()):
                 model = replace(model, **fields)
     except (OSError, ValueError, TypeError, AttributeError):
         pass
@@ -219,6 +235,10 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
         loop_fma = max((loop[1, 1, 33] - loop[1, 1, 1]) / 32, 1e-12)
         loop_output = max((loop[6, 6, 1] - loop[1, 1, 1] - 35 * loop_fma) / 35, 1e-12)
         loop_matrix = max(loop[1, 1, 1] - loop_fma - loop_output, 1e-12)
+    screen_rate = 0.0
+    if kind == "cpu":  # the bfloat16 GEMM of a screen: a tile of the P5 shape
+        h1, h2 = torch.randn(2048, 128).bfloat16(), torch.randn(128, 1024).bfloat16()
+        screen_rate = 2 * 2048 * 1024 * 128 / max(timed(lambda: h1 @ h2) - op_overhead, 1e-9)
     cached = 1 << 14
     u, v = x[:cached].clone(), y[:cached].clone()
     cache_speedup = max(1.0, 3 * cached * 4 / max(timed(lambda: u * v, 100) - op_overhead, 1e-9) / bandwidth)
@@ -243,6 +263,7 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
         loop_matrix=loop_matrix,
         loop_fma=loop_fma,
         loop_output=loop_output,
+        screen_rate=screen_rate,
     )
 
 

@@ -33,6 +33,10 @@ FUNCTIONS = frozenset(
         "torch.take_along_dim",
         "torch.arange",
         "torch.linalg.vecdot",
+        "torch.linalg.vector_norm",
+        "torch.nonzero",
+        "torch.index_select",
+        "torch.logical_not",
     }
 )
 METHODS = frozenset(
@@ -61,10 +65,13 @@ METHODS = frozenset(
         "addcmul_",
         "to",
         "movedim",
+        "detach",
+        "neg",
+        "view",
     }
 )
 ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad"})
-OPERATORS = frozenset({"*", "+", "-", "@", "/", "//", ">", "<", "!=", "==", "&", "|"})
+OPERATORS = frozenset({"*", "+", "-", "@", "/", "//", "%", ">", "<", ">=", "!=", "==", "&", "|"})
 
 
 @dataclass(frozen=True)
@@ -189,11 +196,12 @@ class Do:
 
 @dataclass(frozen=True)
 class Loop:
-    """``for var in range(start, stop, step): body``."""
+    """``for var in range(start, stop, step): body``; ``stop`` may be an expression
+    (a loop over a number of rows known only when the code runs)."""
 
     var: str
     start: int
-    stop: int
+    stop: Union[int, "Expr"]
     step: int
     body: tuple
     comment: str = ""

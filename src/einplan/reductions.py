@@ -157,11 +157,15 @@ class _Chunking:
     rows: int
     column: Optional[str] = None  # tiles: the second axis cut, ``width`` at a time
     width: int = 0
+    screened: bool = False  # tiles in bfloat16 pick the rows, then float32 over those rows
 
     def describe(self) -> str:
         if self.column is None:
             return f"in chunks of {self.rows} along {self.axis}"
-        return f"in tiles of {self.rows} along {self.axis} by {self.width} along {self.column}"
+        tiles = f"in tiles of {self.rows} along {self.axis} by {self.width} along {self.column}"
+        if self.screened:
+            return f"screened in bfloat16 {tiles}, then exactly over the rows of {self.axis} that can hold the result"
+        return tiles
 
 
 def _chunk_axis(a: Value, b: Value, clauses, output_axes, keep, sizes) -> Optional[tuple[str, str]]:
@@ -201,6 +205,7 @@ class _ChunkLoop:
         self.model, self.options, self.names = model, options, names
         self.axis = axis
         self.total = sizes[axis]
+        self.budget = budget  # bytes of one chunk
         self.i = ir.Var("i")  # the loop variable: where the chunk starts
         self.j = ir.Var("j")  # in tiles, where the tile's columns start
         self.inner, self.full = self._inner_lowering()
@@ -312,13 +317,15 @@ class _ChunkLoop:
         is_matmul = isinstance(expr, ir.Call) and expr.func == "torch.matmul"
         if self.buffer is None or not is_matmul or lowered.axes[0] != self.axis:
             return expr
+        return ir.Call(expr.func, expr.args, (("out", ir.IfExp(ir.Var(GRAD_FLAG), ir.Const(None), self._buffer_part(chunk_sizes))),))
+
+    def _buffer_part(self, chunk_sizes: dict) -> ir.Expr:
+        """The buffer, or its first rows and columns for a shorter chunk or a narrower tile."""
         length, width = chunk_sizes[self.axis], chunk_sizes.get(self.column, self.width)
         rows = ir.SLICE if length == self.rows else ir.Range(ir.Const(None), ir.Const(length))
         items = (rows, ir.Range(ir.Const(None), ir.Const(width))) if width != self.width else (rows,)
         target = ir.Var(self.buffer)
-        if items != (ir.SLICE,):
-            target = ir.Index(target, items)
-        return ir.Call(expr.func, expr.args, (("out", ir.IfExp(ir.Var(GRAD_FLAG), ir.Const(None), target)),))
+        return target if items == (ir.SLICE,) else ir.Index(target, items)
 
     # --- the loops
 
@@ -342,12 +349,13 @@ class _ChunkLoop:
         var, statements = assign_result(lowered, comment, self.names, "s")
         return list(statements) + self.combine(Value(var, lowered.axes), chunk_sizes)
 
-    def loops(self) -> list:
+    def loops(self, operands=None) -> list:
         """One loop over the full chunks, then one for the shorter last chunk, if any; tiled, the
-        same two loops over the columns run inside each."""
+        same two loops over the columns run inside each.  ``operands``: the two values cut (the
+        step's own by default)."""
         statements = []
         for start, stop, length in _spans(self.total, self.rows):
-            body, parts = self.cut((self.a, self.b), self.axis, self.i, length)
+            body, parts = self.cut(operands or (self.a, self.b), self.axis, self.i, length)
             chunk_sizes = dict(self.sizes, **{self.axis: length})
             body += self.tiles(parts, chunk_sizes) if self.column is not None else self.contract(parts, chunk_sizes)
             label = "chunked-reduction" if length == self.rows else "last, shorter chunk"
@@ -612,6 +620,222 @@ class _PartialSums(_ChunkLoop):
         return [], [Value(self.acc, self.full.axes)]
 
 
+# --- screened extremes ---------------------------------------------------------------------------
+# A max/min/argmax/argmin of a whole large 2-D product, on a CPU whose bfloat16 GEMM is fast (AMX),
+# runs in two passes.  The screen computes every product from the inputs rounded to bfloat16, in
+# tiles, and keeps each row's largest value.  A proven bound on |screened - float32| then names the
+# rows that can hold the result, and the float32 product of those rows alone decides it, exactly as
+# the tiles would.  When the bound cannot be trusted (NaN or inf in the inputs, products near the
+# float32 limit), or every product is negative, every row is kept and the exact pass does it all.
+
+SCREEN_MIN_SPEEDUP = 2.0  # screen only where a bfloat16 GEMM runs at least this much faster
+BFLOAT16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
+FLOAT32_UNIT = 2.0**-24
+FLUSH = 2.0**-124  # covers subnormals a bfloat16 GEMM may flush to zero: inputs, products, output
+SCREEN_OVERFLOW = 1e38  # |products| below this are finite in bfloat16 too (its largest is 3.39e38)
+NO_BITS = -32768  # int16 bits of -0.0: below every bit pattern of a value >= 0
+
+
+def screen_error(depth: int) -> float:
+    """Relative bound on |screened - float32| for one product over ``depth`` terms, as a multiple of
+    |a| |b| (which bounds the sum of |a_k b_k|, by Cauchy-Schwarz).
+
+    Rounding both inputs to bfloat16 costs 2u + u^2 (u = 2^-8); the screen's products are exact in
+    float32 and summed there (gamma = depth * 2^-24 / (1 - depth * 2^-24) of the terms); its output
+    is rounded to bfloat16 (u); the float32 product being compared carries its own gamma.  A margin
+    of 1.25 covers computing the bound itself in float64.
+    """
+    gamma = depth * FLOAT32_UNIT / (1 - depth * FLOAT32_UNIT)
+    u = BFLOAT16_UNIT
+    return 1.25 * ((2 * u + u * u) + gamma * (1 + u) ** 2 + u * (1 + u) ** 2 * (1 + gamma) + gamma)
+
+
+def _plain_matmul(expr) -> bool:
+    """``torch.matmul(x, y)`` of plain names or their ``.mT``: nothing baked in from a size."""
+    plain = lambda e: isinstance(e, ir.Var) or (isinstance(e, ir.Attr) and e.name == "mT" and isinstance(e.obj, ir.Var))
+    return isinstance(expr, ir.Call) and expr.func == "torch.matmul" and all(plain(e) for e in expr.args) and not expr.kwargs
+
+
+class _ScreenedExtreme(_ChunkLoop):
+    """max/min/argmax/argmin of a whole 2-D product: a bfloat16 screen in tiles picks the rows,
+    then float32 over those rows alone (see the notes above ``screen_error``)."""
+
+    mode = "reduce"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reducer, self.ids = self.clauses[0]
+        self.extreme = self.reducer[-3:]  # "max" or "min"
+        self.rows_of, self.columns_of = (self.a, self.b) if self.axis in self.a.axes else (self.b, self.a)
+        (self.depth_axis,) = [x for x in self.rows_of.axes if x != self.axis]
+        self.depth = self.sizes[self.depth_axis]
+        self.width_total = self.sizes[self.column]
+        self.exact_rows = int(max(1, min(self.total, self.budget // (2 * self.width_total * self.dtype.itemsize))))
+
+    @staticmethod
+    def applies(loop: _ChunkLoop) -> bool:
+        """Whether ``loop`` (tiles of a whole 2-D product) can be screened on its device."""
+        model = loop.model
+        if loop.column is None or loop.options.compiled or loop.dtype != torch.float32:
+            return False
+        if model.kind != "cpu" or model.screen_rate < SCREEN_MIN_SPEEDUP * model.gemm_rate:
+            return False
+        shared = set(loop.a.axes) & set(loop.b.axes)
+        if len(loop.a.axes) != 2 or len(loop.b.axes) != 2 or len(shared) != 1:
+            return False
+        return loop.sizes[next(iter(shared))] * FLOAT32_UNIT < 0.5 and _plain_matmul(loop.probe.expr)
+
+    # --- sizing and price
+
+    def memory(self) -> float:
+        """Peak extra bytes: bfloat16 copies, the screen's tile, per-row vectors, one exact chunk."""
+        copies = (_numel(self.sizes, self.rows_of.axes) + _numel(self.sizes, self.columns_of.axes)) * 2
+        tile = self.rows * self.width * 2
+        per_row = self.total * (2 + 4 * 8 + 1 + 8)  # bits, float64 bound terms, mask, row indices
+        exact = self.exact_rows * self.width_total * self.dtype.itemsize * 2  # the product and a row's pick
+        return copies + tile + per_row + exact
+
+    def estimate(self):
+        """The screen's GEMM priced at the bfloat16 rate, plus one chunk of exact rows."""
+        full = self.full.estimate
+        exact = 2.0 * self.exact_rows * self.width_total * self.depth
+        screen = full.gemm_flops * self.model.gemm_rate / self.model.screen_rate
+        ops = math.prod(self.grid) * (full.ops + 2) + 24
+        return replace(full, flops=full.flops + exact, gemm_flops=screen + exact, bytes=full.bytes / 2, ops=ops, memory=self.memory())
+
+    # --- the code
+
+    def build(self):
+        statements = self._screen_setup() + self.loops(self.screened_operands) + self._candidates() + self._exact_pass()
+        results = self._results(statements)
+        chunking = _Chunking(self.axis, self.mode, self.rows, self.column, self.width, screened=True)
+        return statements, results, self.estimate(), self.inner, chunking
+
+    def _screen_setup(self) -> list:
+        statements = []
+        operands = []
+        for value in (self.a, self.b):
+            var = self.names.fresh("h")
+            rounded = ir.Method(ir.Method(ir.Var(value.var), "detach"), "to", (ir.Const(torch.bfloat16),))
+            comment = f"{value.var} rounded to bfloat16, for the screen"
+            if value is self.columns_of and self.extreme == "min":
+                rounded, comment = ir.Method(rounded, "neg"), f"{value.var} rounded to bfloat16 and negated: the screen looks for a max"
+            statements.append(ir.Assign(var, rounded, comment))
+            operands.append(Value(var, value.axes))
+        self.screened_operands = tuple(operands)
+        self.buffer = self.names.fresh("buf")
+        self.top = self.names.fresh("top")
+        size = _human_bytes(self.rows * self.width * 2)
+        bits = ir.Call("torch.full", (ir.Const((self.total,)), ir.Const(NO_BITS)), _on_device(torch.int16))
+        return statements + [
+            ir.Assign(self.buffer, _empty((self.rows, self.width), torch.bfloat16), f"screen tile buffer, {size}"),
+            ir.Assign(self.top, bits, f"each row's largest screened value, as int16 bits"),
+        ]
+
+    def _into_buffer(self, lowered, chunk_sizes: dict) -> ir.Expr:
+        expr = lowered.expr  # the screen's inputs never need gradients: always write into the buffer
+        return ir.Call(expr.func, expr.args, (("out", self._buffer_part(chunk_sizes)),))
+
+    def combine(self, value: Value, chunk_sizes: dict) -> list:
+        """The screen's tile: each row's largest int16 bit pattern, which is its max when that is >= 0
+        (bfloat16 bits order like int16 for values >= 0, and a fast integer max reads them)."""
+        largest = self.names.fresh("r")
+        bits = ir.Method(ir.Var(value.var), "view", (ir.Const(torch.int16),))
+        target = _slice(Value(self.top, (self.axis,)), self.axis, self.i, chunk_sizes[self.axis])
+        return [
+            ir.Assign(largest, ir.Call("torch.amax", (bits, ir.Const(value.axes.index(self.column)))), "each row's largest bits in this tile"),
+            ir.Assign(target, ir.Call("torch.maximum", (target, ir.Var(largest)))),
+        ]
+
+    def _norm(self, value: Value, axis: str) -> ir.Expr:
+        detached = ir.Method(ir.Var(value.var), "detach")
+        keywords = (("dim", ir.Const(value.axes.index(axis))), ("dtype", ir.Const(torch.float64)))
+        return ir.Call("torch.linalg.vector_norm", (detached,), keywords)
+
+    def _candidates(self) -> list:
+        """The rows whose screened max plus the bound reaches the best screened max minus its bound."""
+        up, na, nb, err, low, keep = (self.names.fresh(p) for p in ("up", "na", "nb", "err", "low", "keep"))
+        self.kept = self.names.fresh("rows")
+        top = ir.Var(self.top)
+        positive = ir.BinOp(">=", top, ir.Const(0))
+        decoded = ir.Method(ir.Method(top, "view", (ir.Const(torch.bfloat16),)), "to", (ir.Const(torch.float64),))
+        relative = ir.BinOp("*", ir.Var(na), ir.BinOp("*", ir.Const(screen_error(self.depth)), ir.Var(nb)))
+        tiny = ir.BinOp("*", ir.Const(FLUSH), ir.BinOp("+", ir.BinOp("*", ir.Const(math.sqrt(self.depth)), ir.BinOp("+", ir.Var(na), ir.Var(nb))), ir.Const(float(self.depth + 1))))
+        trusted = ir.BinOp("<", ir.BinOp("*", ir.Method(ir.Var(na), "amax", ()), ir.Var(nb)), ir.Const(SCREEN_OVERFLOW))
+        reaches = ir.BinOp(">=", ir.BinOp("+", ir.Var(up), ir.Var(err)), ir.Var(low))
+        which = "max" if self.extreme == "max" else "max of the negated product"
+        return [
+            ir.Assign(up, ir.Call("torch.where", (positive, decoded, ir.Const(0.0))), f"each row's screened {which} (a row of negatives: at most 0)"),
+            ir.Assign(na, self._norm(self.rows_of, self.depth_axis), f"length of each row of {self.rows_of.var} along {self.depth_axis}"),
+            ir.Assign(nb, ir.Method(self._norm(self.columns_of, self.depth_axis), "amax", ()), f"the longest of {self.columns_of.var} along {self.depth_axis}"),
+            ir.Assign(err, ir.BinOp("+", relative, tiny), "bound on |screened - float32| in each row"),
+            ir.Assign(low, ir.Method(ir.Call("torch.where", (positive, ir.BinOp("-", ir.Var(up), ir.Var(err)), ir.Const(float("-inf")))), "amax", ()), f"the float32 {self.extreme} is at least this far out"),
+            ir.Assign(keep, ir.BinOp("|", reaches, ir.Call("torch.logical_not", (trusted,))), "rows that can hold it (all, if the screen could overflow or saw NaN/inf)"),
+            ir.Assign(self.kept, ir.Index(ir.Call("torch.nonzero", (ir.Var(keep),)), (ir.SLICE, 0)), "their indices, in order"),
+        ]
+
+    def _exact_pass(self) -> list:
+        """float32 over the kept rows, ``exact_rows`` at a time: the running extreme (and where)."""
+        arg = self.reducer in ARG_REDUCERS
+        self.acc = self.names.fresh("best" if arg else "acc")
+        start = _full((), _extreme(self.dtype, self.extreme == "max"), self.dtype)
+        setup = [ir.Assign(self.acc, start, f"running {self.extreme}")]
+        if arg:
+            self.index = self.names.fresh("idx")
+            setup.append(ir.Assign(self.index, _zeros((), torch.int64), "its flat index among the kept rows"))
+        chunk = self.names.fresh("c")
+        picked = ir.Index(ir.Var(self.kept), (ir.Range(self.i, ir.BinOp("+", self.i, ir.Const(self.exact_rows))),))
+        select = ir.Call("torch.index_select", (ir.Var(self.rows_of.var), ir.Const(self.rows_of.axes.index(self.axis)), picked))
+        body = [ir.Assign(chunk, select, f"kept rows of {self.rows_of.var}")]
+        parts = [Value(chunk, v.axes) if v is self.rows_of else v for v in (self.a, self.b)]
+        chunk_sizes = dict(self.sizes, **{self.axis: self.exact_rows})
+        lowered = _lower(self.inner, parts[0], parts[1], self.keep, chunk_sizes, self._axis_first, self.dtype, self.model, self.names, False)
+        comment = f"{self.inner}: {_describe([self.a.axes, self.b.axes], lowered.axes)} for these rows, in float32"
+        var, statements = assign_result(lowered, comment, self.names, "s")
+        body += list(statements) + (self._exact_arg(var) if arg else self._exact_value(var))
+        stop = ir.Index(ir.Attr(ir.Var(self.kept), "shape"), (0,))
+        loop = ir.Loop("i", 0, stop, self.exact_rows, tuple(body), f"exact pass: up to {self.exact_rows} kept rows at a time")
+        return setup + [loop]
+
+    def _exact_value(self, var: str) -> list:
+        part = self.names.fresh("p")
+        return [
+            ir.Assign(part, ir.Call(REDUCE_CALLS[self.extreme], (ir.Var(var), ir.Const((0, 1)))), f"{self.extreme} of these rows"),
+            ir.Assign(self.acc, ir.Call(MERGE_CALLS[self.extreme], (ir.Var(self.acc), ir.Var(part))), "combine"),
+        ]
+
+    def _exact_arg(self, var: str) -> list:
+        """Each row's extreme, the first row holding the chunk's, the first place in that row;
+        a later chunk wins only when strictly better (NaN wins), so the first flat index stays."""
+        rows, row, part, take = (self.names.fresh(p) for p in ("r", "row", "p", "take"))
+        width = self.width_total
+        picked = ir.Call("torch.take_along_dim", (ir.Var(var), ir.reshape(ir.Var(row), (1, 1))), (("dim", ir.Const(-2)),))
+        values, indices = ir.Attr(ir.Var(part), "values"), ir.Attr(ir.Var(part), "indices")
+        best = ir.Var(self.acc)
+        beats = ">" if self.extreme == "max" else "<"
+        nan = ir.BinOp("&", ir.BinOp("!=", values, values), ir.BinOp("==", best, best))
+        offset = ir.BinOp("+", indices, ir.BinOp("*", ir.BinOp("+", self.i, ir.Var(row)), ir.Const(width)))
+        return [
+            ir.Assign(rows, ir.Call(REDUCE_CALLS[self.extreme], (ir.Var(var), ir.Const(-1))), f"{self.extreme} of each row"),
+            ir.Assign(row, ir.Method(ir.Var(rows), self.reducer, (ir.Const(-1),)), f"the first row holding these rows' {self.extreme}"),
+            ir.Assign(part, ir.Method(ir.reshape(picked, (width,)), self.extreme, (ir.Const(-1),)), f"{self.extreme} of that row and where"),
+            ir.Assign(take, ir.BinOp("|", ir.BinOp(beats, values, best), nan), "strictly better (ties keep the first; NaN wins)"),
+            ir.Assign(self.acc, ir.Call("torch.where", (ir.Var(take), values, best))),
+            ir.Assign(self.index, ir.Call("torch.where", (ir.Var(take), offset, ir.Var(self.index))), "flat index among the kept rows"),
+        ]
+
+    def _results(self, statements: list) -> list[Value]:
+        if self.reducer not in ARG_REDUCERS:
+            return [Value(self.acc, ())]
+        row, column = self.names.fresh("t"), self.names.fresh("t")
+        width = ir.Const(self.width_total)
+        statements += [
+            ir.Assign(row, ir.Index(ir.Var(self.kept), (ir.BinOp("//", ir.Var(self.index), width),)), f"index along {self.axis}"),
+            ir.Assign(column, ir.BinOp("%", ir.Var(self.index), width), f"index along {self.column}"),
+        ]
+        return [Value(row, ()), Value(column, ())]
+
+
 def chunked(a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model, options, names, budget):
     """The last contraction and the clauses, in chunks of one axis.
 
@@ -633,7 +857,14 @@ def chunked(a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model,
         loop_class = _RunningArgReduction
     else:
         loop_class = _RunningReduction
-    return loop_class(a, b, clauses, bound, keep, sizes, rank, model, options, names, axis, budget).build()
+    arguments = (a, b, clauses, bound, keep, sizes, rank, model, options, names, axis, budget)
+    loop = loop_class(*arguments)
+    if _ScreenedExtreme.applies(loop):
+        screened = _ScreenedExtreme(*arguments)
+        fits = screened.memory() <= (options.memory_limit or DEFAULT_MEMORY_LIMIT)
+        if fits and model.seconds(screened.estimate()) < model.seconds(loop.estimate()):
+            loop = screened
+    return loop.build()
 
 
 def _spans(total: int, step: int) -> list[tuple[int, int, int]]:
