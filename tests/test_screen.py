@@ -58,6 +58,11 @@ def _data(kind: str, reducer: str, seed: int = 0):
         a[2200, 1], a[2200, 2], b[5, 1], b[5, 2] = 8.0313 * sign, 1.999 * sign, 1.0, 1.0  # 10.0303, screened as 10.0625
         bf16 = lambda x: torch.tensor(x).bfloat16()
         assert bf16(10.031) < (bf16(8.0313) + bf16(1.999)).bfloat16() and 10.031 > 8.0313 + 1.999
+    elif kind == "scaled-apart":  # as above, rows scaled by 2^-90 and columns by 2^60: the rows'
+        # squares underflow in float32, the columns' do not overflow, the products stay normal
+        a, b = _data("closer-than-bfloat16", reducer, seed)
+        a, b = a * 2.0**-90, b * 2.0**60
+        assert torch.linalg.vector_norm(a, dim=1).amax() == 0 and torch.linalg.vector_norm(b, dim=1).isfinite().all()
     elif kind == "all-negative":  # every product < 0 for max (> 0 for min): every row is kept
         a, b = a.abs(), b.abs().mul(-sign)
     elif kind == "nan":
@@ -77,7 +82,7 @@ def _first_flat(scores: torch.Tensor, reducer: str):
     return flat // scores.shape[1], flat % scores.shape[1]
 
 
-KINDS = ["random", "ties", "closer-than-bfloat16", "all-negative", "nan", "inf", "overflow", "subnormal"]
+KINDS = ["random", "ties", "closer-than-bfloat16", "scaled-apart", "all-negative", "nan", "inf", "overflow", "subnormal"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -691,7 +691,7 @@ class _ScreenedExtreme(_ChunkLoop):
         """Peak extra bytes: bfloat16 copies, the screen's tile, per-row vectors, one exact chunk."""
         copies = (_numel(self.sizes, self.rows_of.axes) + _numel(self.sizes, self.columns_of.axes)) * 2
         tile = self.rows * self.width * 2
-        per_row = self.total * (2 + 4 * 8 + 1 + 8)  # bits, float64 bound terms, mask, row indices
+        per_row = self.total * (2 + 4 + 4 * 8 + 1 + 8)  # bits, lengths, float64 bound terms, mask, row indices
         exact = self.exact_rows * self.width_total * self.dtype.itemsize * 2  # the product and a row's pick
         return copies + tile + per_row + exact
 
@@ -747,10 +747,20 @@ class _ScreenedExtreme(_ChunkLoop):
             ir.Assign(target, ir.Call("torch.maximum", (target, ir.Var(largest)))),
         ]
 
-    def _norm(self, value: Value, axis: str) -> ir.Expr:
+    def _norm(self, value: Value, axis: str, longest: bool = False) -> ir.Expr:
+        """Each row's length along ``axis`` (the longest, if ``longest``), rounded up in float64.
+
+        Computed in float32 (no float64 copy of the input): the sum of squares is off by at most
+        gamma of itself plus the squares that underflow (``depth`` * 2^-126 in all), and the
+        square root by an ulp; so length * (1 + (depth + 2) * 2^-23) + sqrt(depth) * 2^-63 bounds
+        the true one.  A NaN, or a square past float32's range (inf), makes the screen untrusted.
+        """
         detached = ir.Method(ir.Var(value.var), "detach")
-        keywords = (("dim", ir.Const(value.axes.index(axis))), ("dtype", ir.Const(torch.float64)))
-        return ir.Call("torch.linalg.vector_norm", (detached,), keywords)
+        norms = ir.Call("torch.linalg.vector_norm", (detached,), (("dim", ir.Const(value.axes.index(axis))),))
+        if longest:
+            norms = ir.Method(norms, "amax", ())
+        scaled = ir.BinOp("*", ir.Method(norms, "to", (ir.Const(torch.float64),)), ir.Const(1 + (self.depth + 2) * 2.0**-23))
+        return ir.BinOp("+", scaled, ir.Const(math.sqrt(self.depth) * 2.0**-63))
 
     def _candidates(self) -> list:
         """The rows whose screened max plus the bound reaches the best screened max minus its bound."""
@@ -767,7 +777,7 @@ class _ScreenedExtreme(_ChunkLoop):
         return [
             ir.Assign(up, ir.Call("torch.where", (positive, decoded, ir.Const(0.0))), f"each row's screened {which} (a row of negatives: at most 0)"),
             ir.Assign(na, self._norm(self.rows_of, self.depth_axis), f"length of each row of {self.rows_of.var} along {self.depth_axis}"),
-            ir.Assign(nb, ir.Method(self._norm(self.columns_of, self.depth_axis), "amax", ()), f"the longest of {self.columns_of.var} along {self.depth_axis}"),
+            ir.Assign(nb, self._norm(self.columns_of, self.depth_axis, longest=True), f"the longest of {self.columns_of.var} along {self.depth_axis}"),
             ir.Assign(err, ir.BinOp("+", relative, tiny), "bound on |screened - float32| in each row"),
             ir.Assign(low, ir.Method(ir.Call("torch.where", (positive, ir.BinOp("-", ir.Var(up), ir.Var(err)), ir.Const(float("-inf")))), "amax", ()), f"the float32 {self.extreme} is at least this far out"),
             ir.Assign(keep, ir.BinOp("|", reaches, ir.Call("torch.logical_not", (trusted,))), "rows that can hold it (all, if the screen could overflow or saw NaN/inf)"),
