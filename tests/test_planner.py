@@ -157,12 +157,32 @@ def test_tune_stores_constants_that_later_runs_read(tmp_path, monkeypatch):
     assert path == tmp_path / "device_models.json" and path.exists()
     stored = json.loads(path.read_text())["cpu"]
     assert stored["gemm_rate"] == model.gemm_rate > 0
+    assert stored["screen_rate"] == model.screen_rate > 0  # a bfloat16 GEMM, measured
     cost._loaded.clear()
     assert cost.load_model("cpu") == model
     # a corrupt file falls back to the shipped defaults
     path.write_text("{not json")
     cost._loaded.clear()
     assert cost.load_model("cpu") == cost.CPU
+
+
+def test_the_shipped_screen_rate_follows_the_cpu():
+    # 4x the float32 rate where torch reports AMX tiles, else no screen unless tuned
+    amx = torch.cpu._is_amx_tile_supported()
+    assert cost.CPU.screen_rate == (4.0 * cost.CPU.gemm_rate if amx else 0.0)
+    assert cost.CUDA.screen_rate == 0.0
+
+
+def test_a_stored_zero_screen_rate_turns_the_screen_off(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
+    cost.save_model(replace(cost.CPU, screen_rate=0.0))
+    cost._loaded.clear()
+    assert cost.load_model("cpu").screen_rate == 0.0
+    plan = einplan.runtime.plan_for("m d, n d -> | max m n", (20000, 128), (20000, 128))
+    assert "screened" not in plan.steps[-1].description
+    cost._loaded.clear()
 
 
 def test_tuned_constants_change_decisions(tmp_path, monkeypatch):
