@@ -182,6 +182,14 @@ def test_what_is_never_screened(pattern, shapes, options):
     assert not _is_screened(pattern, *shapes, **options)
 
 
+def test_meta_tensors_are_not_screened():
+    # shape inference on meta tensors: the screen's row selection needs data
+    a, b = torch.empty(20000, 128, device="meta"), torch.empty(20000, 128, device="meta")
+    assert not _is_screened("m d, n d -> | max m n", a, b)
+    assert einplan.bl("m d, n d -> | max m n", a, b).shape == ()
+    assert [t.shape for t in einplan.bl("m d, n d -> | argmax m n", a, b)] == [(), ()]
+
+
 def test_compiled_code_is_not_screened():
     # the exact pass's trip count depends on the data: torch.compile would break the graph there
     assert not _is_screened("m d, n d -> | max m n", (20000, 128), (20000, 128), compiled=True)

@@ -680,6 +680,8 @@ class _ScreenedExtreme(_ChunkLoop):
             return False
         if model.kind != "cpu" or model.screen_rate < SCREEN_MIN_SPEEDUP * model.gemm_rate:
             return False
+        if torch.device(loop.bound.device).type != "cpu":  # e.g. meta tensors: no data to screen
+            return False
         shared = set(loop.a.axes) & set(loop.b.axes)
         if len(loop.a.axes) != 2 or len(loop.b.axes) != 2 or len(shared) != 1:
             return False
