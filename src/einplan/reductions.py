@@ -643,11 +643,12 @@ def screen_error(depth: int) -> float:
     Rounding both inputs to bfloat16 costs 2u + u^2 (u = 2^-8); the screen's products are exact in
     float32 and summed there (gamma = depth * 2^-24 / (1 - depth * 2^-24) of the terms); its output
     is rounded to bfloat16 (u); the float32 product being compared carries its own gamma.  A margin
-    of 1.25 covers computing the bound itself in float64.
+    of 1.5 covers computing the bound itself in float64, and a GEMM that would round its output
+    toward zero (2u) rather than to nearest.
     """
     gamma = depth * FLOAT32_UNIT / (1 - depth * FLOAT32_UNIT)
     u = BFLOAT16_UNIT
-    return 1.25 * ((2 * u + u * u) + gamma * (1 + u) ** 2 + u * (1 + u) ** 2 * (1 + gamma) + gamma)
+    return 1.5 * ((2 * u + u * u) + gamma * (1 + u) ** 2 + u * (1 + u) ** 2 * (1 + gamma) + gamma)
 
 
 def _plain_matmul(expr) -> bool:
@@ -708,12 +709,15 @@ class _ScreenedExtreme(_ChunkLoop):
     # --- the code
 
     def build(self):
-        statements = self._screen_setup() + self.loops(self.screened_operands) + self._candidates() + self._exact_pass()
-        results = self._results(statements)
+        setup, screened = self._screen_setup()
+        statements = setup + self.loops(screened) + self._candidates() + self._exact_pass()
+        finish, results = self._results()
         chunking = _Chunking(self.axis, self.mode, self.rows, self.column, self.width, screened=True)
-        return statements, results, self.estimate(), self.inner, chunking
+        return statements + finish, results, self.estimate(), self.inner, chunking
 
-    def _screen_setup(self) -> list:
+    def _screen_setup(self) -> tuple[list, tuple[Value, Value]]:
+        """The bfloat16 copies (the screen's operands, also returned), its tile buffer and the
+        per-row maxima."""
         statements = []
         operands = []
         for value in (self.a, self.b):
@@ -724,15 +728,14 @@ class _ScreenedExtreme(_ChunkLoop):
                 rounded, comment = ir.Method(rounded, "neg"), f"{value.var} rounded to bfloat16 and negated: the screen looks for a max"
             statements.append(ir.Assign(var, rounded, comment))
             operands.append(Value(var, value.axes))
-        self.screened_operands = tuple(operands)
         self.buffer = self.names.fresh("buf")
         self.top = self.names.fresh("top")
         size = _human_bytes(self.rows * self.width * 2)
         bits = ir.Call("torch.full", (ir.Const((self.total,)), ir.Const(NO_BITS)), _on_device(torch.int16))
         return statements + [
             ir.Assign(self.buffer, _empty((self.rows, self.width), torch.bfloat16), f"screen tile buffer, {size}"),
-            ir.Assign(self.top, bits, f"each row's largest screened value, as int16 bits"),
-        ]
+            ir.Assign(self.top, bits, "each row's largest screened value, as int16 bits"),
+        ], tuple(operands)
 
     def _into_buffer(self, lowered, chunk_sizes: dict) -> ir.Expr:
         expr = lowered.expr  # the screen's inputs never need gradients: always write into the buffer
@@ -836,16 +839,17 @@ class _ScreenedExtreme(_ChunkLoop):
             ir.Assign(self.index, ir.Call("torch.where", (ir.Var(take), offset, ir.Var(self.index))), "flat index among the kept rows"),
         ]
 
-    def _results(self, statements: list) -> list[Value]:
+    def _results(self) -> tuple[list, list[Value]]:
+        """Statements after the exact pass, and the result values (an argmax's row maps back
+        from its place among the kept rows)."""
         if self.reducer not in ARG_REDUCERS:
-            return [Value(self.acc, ())]
+            return [], [Value(self.acc, ())]
         row, column = self.names.fresh("t"), self.names.fresh("t")
         width = ir.Const(self.width_total)
-        statements += [
+        return [
             ir.Assign(row, ir.Index(ir.Var(self.kept), (ir.BinOp("//", ir.Var(self.index), width),)), f"index along {self.axis}"),
             ir.Assign(column, ir.BinOp("%", ir.Var(self.index), width), f"index along {self.column}"),
-        ]
-        return [Value(row, ()), Value(column, ())]
+        ], [Value(row, ()), Value(column, ())]
 
 
 def chunked(a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model, options, names, budget):
