@@ -479,10 +479,10 @@ class Kernel:
     # -- calling -----------------------------------------------------------------------------
 
     def __call__(self, *tensors: torch.Tensor):
-        if torch.compiler.is_compiling():
+        if runtime.is_compiling():
             return getattr(_TRACED, _kernel_program(self, _signature(tensors)))(*tensors)
         try:
-            run = self._calls.get(tuple([(t.shape, t.dtype, t.device) for t in tensors]))
+            run = self._calls.get(tuple(map(runtime.metadata, tensors)))
         except AttributeError:  # not a tensor: _call_for says which
             run = None
         if run is None:
@@ -503,7 +503,7 @@ class Kernel:
         run = checked if self.check else function
         if len(self._calls) >= 4 * MAX_PROGRAMS:
             self._calls.clear()
-        self._calls[tuple((t.shape, t.dtype, t.device) for t in tensors)] = run
+        self._calls[tuple(map(runtime.metadata, tensors))] = run
         return run
 
     def _program_for(self, tensors) -> _Program:
