@@ -104,6 +104,7 @@ CPU = DeviceModel(
     loop_output=2.7e-9,
 )
 
+
 def _bfloat16_rate(gemm_rate: float) -> float:
     """The shipped guess of a CPU's bfloat16 matmul rate: a CPU with AMX tiles runs it at about
     four times its float32 rate (measured on a 2-core one: 495 against 102-174 GFLOP/s); on any
