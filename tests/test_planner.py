@@ -167,10 +167,34 @@ def test_tune_stores_constants_that_later_runs_read(tmp_path, monkeypatch):
 
 
 def test_the_shipped_screen_rate_follows_the_cpu():
-    # 4x the float32 rate where torch reports AMX tiles, else no screen unless tuned
-    amx = torch.cpu._is_amx_tile_supported()
-    assert cost.CPU.screen_rate == (4.0 * cost.CPU.gemm_rate if amx else 0.0)
+    # 4x the float32 rate where torch reports AMX tiles, 2.2x with AVX512-BF16 alone, else no
+    # screen unless tuned
+    if torch.cpu._is_amx_tile_supported():
+        speedup = 4.0
+    elif torch.cpu._is_avx512_bf16_supported():
+        speedup = 2.2
+    else:
+        speedup = 0.0
+    assert cost.CPU.screen_rate == speedup * cost.CPU.gemm_rate
     assert cost.CUDA.screen_rate == 0.0
+
+
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, speedup",
+    [(True, True, 4.0), (False, True, 2.2), (False, False, 0.0), ("raises", True, 2.2), ("raises", "raises", 0.0)],
+)
+def test_the_shipped_screen_rate_reads_the_cpu_probes(monkeypatch, amx, avx512_bf16, speedup):
+    def probe(answer):
+        def supported():
+            if answer == "raises":
+                raise RuntimeError("cpuinfo failed")
+            return answer
+
+        return supported
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", probe(amx))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", probe(avx512_bf16))
+    assert cost._bfloat16_rate(1.0e11) == speedup * 1.0e11
 
 
 def test_a_stored_zero_screen_rate_turns_the_screen_off(tmp_path, monkeypatch):

@@ -621,12 +621,13 @@ class _PartialSums(_ChunkLoop):
 
 
 # --- screened extremes ---------------------------------------------------------------------------
-# A max/min/argmax/argmin of a whole large 2-D product, on a CPU whose bfloat16 GEMM is fast (AMX),
-# runs in two passes.  The screen computes every product from the inputs rounded to bfloat16, in
-# tiles, and keeps each row's largest value.  A proven bound on |screened - float32| then names the
-# rows that can hold the result, and the float32 product of those rows alone decides it, exactly as
-# the tiles would.  When the bound cannot be trusted (NaN or inf in the inputs, products near the
-# float32 limit), or every product is negative, every row is kept and the exact pass does it all.
+# A max/min/argmax/argmin of a whole large 2-D product, on a CPU whose bfloat16 GEMM is fast (AMX
+# tiles or AVX512-BF16 instructions), runs in two passes.  The screen computes every product from
+# the inputs rounded to bfloat16, in tiles, and keeps each row's largest value.  A proven bound on
+# |screened - float32| then names the rows that can hold the result, and the float32 product of
+# those rows alone decides it, exactly as the tiles would.  When the bound cannot be trusted (NaN
+# or inf in the inputs, products near the float32 limit), or every product is negative, every row
+# is kept and the exact pass does it all.
 
 SCREEN_MIN_SPEEDUP = 2.0  # screen only where a bfloat16 GEMM runs at least this much faster
 BFLOAT16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
