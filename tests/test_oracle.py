@@ -496,3 +496,24 @@ def test_tiled_max_passes_gradcheck():
     assert "in tiles of 512 along m by 1024 along n" in plan.steps[-1].description
     # numerical gradients for one operand (a thousand inputs) keep this quick
     assert torch.autograd.gradcheck(lambda x: einplan.bl("m d, n d -> | max m n", x, b, memory_limit=limit), (a.requires_grad_(),))
+
+
+# A forced unrolled lowering over 262144 batches of 4x4 runs in chunks of b: full chunks lay b last,
+# the short last chunk (20 rows) is too small for that and keeps b first.  Its rows must still land
+# in the full chunks' order (once a crash: a (20, 4, 4) chunk written into (4, 4, 20) rows).
+LAYOUT_CHANGES = [
+    ("b i j, b j k -> b i k", lambda p: p),
+    ("b i j, b j k -> b | logsumexp i k", lambda p: torch.logsumexp(p.flatten(1), -1)),
+]
+
+
+@pytest.mark.parametrize("pattern, reduce", LAYOUT_CHANGES, ids=[c[0] for c in LAYOUT_CHANGES])
+def test_a_shorter_last_chunk_in_another_layout_keeps_the_full_chunks_order(default_cost_model, pattern, reduce):
+    gen = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(262144, 4, 4, generator=gen) for _ in range(2))
+    source = einplan.code(pattern, a, b, lowering="unrolled")
+    assert "last, shorter chunk: 20 of 262144" in source
+    assert "in the axis order of the full chunks" in source
+    got = einplan.bl(pattern, a, b, lowering="unrolled")
+    expected = reduce(torch.einsum("bij,bjk->bik", a.double(), b.double()))
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)

@@ -347,7 +347,13 @@ class _ChunkLoop:
         lowered = replace(lowered, expr=self._into_buffer(lowered, chunk_sizes))
         comment = f"{self.inner}: {_describe([self.a.axes, self.b.axes], lowered.axes)} for this {self.piece}"
         var, statements = assign_result(lowered, comment, self.names, "s")
-        return list(statements) + self.combine(Value(var, lowered.axes), chunk_sizes)
+        statements = list(statements)
+        if lowered.axes != self.full.axes:
+            # a shorter last chunk may be lowered with another layout: the combine expects the full chunks' one
+            order = tuple(lowered.axes.index(x) for x in self.full.axes)
+            var, moved = self.names.fresh("s"), ir.permute(ir.Var(var), order)
+            statements.append(ir.Assign(var, moved, f"in the axis order of the full {self.piece}s"))
+        return statements + self.combine(Value(var, self.full.axes), chunk_sizes)
 
     def loops(self, operands=None) -> list:
         """One loop over the full chunks, then one for the shorter last chunk, if any; tiled, the
