@@ -12,7 +12,7 @@ import torch
 import einplan
 from einplan import bl
 from einplan.plan import CHUNK_BYTES, CHUNKED
-from einplan.reductions import ONE_PASS_CHUNK_BYTES
+from einplan.reductions import ONE_PASS_CHUNK_BYTES, ROW_TILE_BYTES
 from einplan.runtime import plan_for
 
 MiB = 2**20
@@ -33,7 +33,9 @@ NARROW = ((20000, 128), (1000, 128))  # 80 MB, too narrow for tiles
         # so it may take the larger one-pass chunk
         ("m d, n d -> | max m n", NARROW, "one-pass chunks"),
         ("m d, n d -> | argmax m n", NARROW, "one-pass chunks"),
-        ("q d, k d -> q | logsumexp k", WHOLE, "chunks"),
+        # a max/min/logsumexp that keeps the rows: chunks of rows, each in tiles of columns
+        ("q d, k d -> q | logsumexp k", WHOLE, "row tiles"),
+        ("q d, k d -> q | max k", WHOLE, "row tiles"),
         ("q d, k d -> q | argmin k", WHOLE, "chunks"),
         ("q d, k d -> k | mean q", WHOLE, "chunks"),
     ],
@@ -45,13 +47,13 @@ def test_planner_accounting_keeps_chunks_under_the_limit(pattern, shapes, cut, l
     plan = plan_for(pattern, *shapes, memory_limit=limit)
     chunked = [s for s in plan.steps if s.kind == CHUNKED]
     assert chunked, "an intermediate over the chunk budget must be chunked"
-    assert ("in tiles of" in chunked[0].description) == (cut == "tiles"), chunked[0].description
+    assert ("in tiles of" in chunked[0].description) == (cut in ("tiles", "row tiles")), chunked[0].description
     if "screened" in chunked[0].description:  # bfloat16 copies of the inputs, a tile, one exact chunk
         assert screen and cut == "tiles" and limit == 256 * MiB
         assert 8 * MiB < chunked[0].estimate.memory <= 32 * MiB
         return
     assert not (screen and cut == "tiles" and limit == 256 * MiB), "a screen fits: it should be planned"
-    budget = min(limit, ONE_PASS_CHUNK_BYTES if cut == "one-pass chunks" else CHUNK_BYTES)
+    budget = min(limit, {"one-pass chunks": ONE_PASS_CHUNK_BYTES, "row tiles": ROW_TILE_BYTES}.get(cut, CHUNK_BYTES))
     assert chunked[0].estimate.memory <= budget <= limit
     if limit >= ONE_PASS_CHUNK_BYTES:  # the chunk uses most of its budget
         assert chunked[0].estimate.memory > budget / 2

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import einplan
-from einplan.reductions import TILE_COLUMNS
+from einplan.reductions import TILE_COLUMNS, TILE_WIDTH
 from conftest import (
     ALL_LOWERINGS,
     IMPLEMENTED,
@@ -517,3 +517,54 @@ def test_a_shorter_last_chunk_in_another_layout_keeps_the_full_chunks_order(defa
     got = einplan.bl(pattern, a, b, lowering="unrolled")
     expected = reduce(torch.einsum("bij,bjk->bik", a.double(), b.double()))
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+# ``q d, k d -> q | logsumexp k`` (and max, min) keeps the rows: chunks of rows, each reduced across
+# tiles of TILE_WIDTH columns into a running value per row (a log-add for logsumexp)
+ROW_TILE_LIMIT = 64 * 1024  # memory_limit: tiles of 8 or 16 float64 rows by TILE_WIDTH columns
+ROW_TILED = 2 * TILE_WIDTH + 77  # two whole tiles and a narrower one
+
+
+def _row_tiled_data(data: str):
+    q, k = random_tensors([(21, 3), (ROW_TILED, 3)], F64, seed=11)
+    if data == "nan":
+        q[3, 1] = float("nan")
+        k[TILE_WIDTH + 5, 0] = float("nan")  # every row's product with it, in the second tile
+    elif data == "inf":
+        k[2 * TILE_WIDTH + 3] = torch.tensor([float("inf"), 0.0, 0.0])  # +-inf by the sign of q's first column
+    elif data == "all--inf-row":
+        k[:, 0] = k[:, 0].abs() + 0.5
+        q[4] = torch.tensor([float("-inf"), 0.0, 0.0])
+    elif data == "ties":
+        q, k = q.round(), k.round()  # small integers: equal products in different tiles
+    return q, k
+
+
+@pytest.mark.parametrize("data", ["random", "nan", "inf", "all--inf-row", "ties"])
+@pytest.mark.parametrize("reducer", ["logsumexp", "max", "min"])
+def test_row_tiles_reduce_each_row_like_torch(reducer, data):
+    q, k = _row_tiled_data(data)
+    pattern = f"q d, k d -> q | {reducer} k"
+    plan = einplan.runtime.plan_for(pattern, q, k, memory_limit=ROW_TILE_LIMIT)
+    (step,) = [s for s in plan.steps if s.kind == einplan.CHUNKED]
+    rows = 8 if reducer == "logsumexp" else 16  # logsumexp counts one temporary tile
+    assert f"in tiles of {rows} along q by {TILE_WIDTH} along k" in step.description, step.description
+    assert step.estimate.memory <= ROW_TILE_LIMIT
+    got = einplan.bl(pattern, q, k, memory_limit=ROW_TILE_LIMIT)
+    scores = q @ k.T
+    want = {"logsumexp": torch.logsumexp, "max": torch.amax, "min": torch.amin}[reducer](scores, 1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    special = {"nan": "nan", "inf": "inf", "all--inf-row": "-inf"}.get(data)
+    if special == "nan":
+        assert got.isnan().all()
+    elif special is not None:
+        assert got.isinf().any()
+
+
+@pytest.mark.parametrize("reducer", ["logsumexp", "max"])
+def test_row_tiles_pass_gradcheck(reducer):
+    q, k = (t.requires_grad_() for t in random_tensors([(13, 2), (TILE_WIDTH + 40, 2)], F64, seed=12))
+    pattern = f"q d, k d -> q | {reducer} k"
+    limit = 4 * TILE_WIDTH * 8 * 2  # tiles of 4 rows (logsumexp counts one temporary tile)
+    assert "in tiles of" in einplan.runtime.plan_for(pattern, q, k, memory_limit=limit).steps[-1].description
+    assert torch.autograd.gradcheck(lambda x, y: einplan.bl(pattern, x, y, memory_limit=limit), (q, k))

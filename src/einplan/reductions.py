@@ -87,6 +87,13 @@ ONE_PASS = ("max", "min", "argmax", "argmin")
 # M = N = 20000, D = 128 (interleaved): max 607 ms, argmax 625 ms in 2048 x 1024 tiles, against
 # 734 ms and 761 ms in 419-row chunks
 TILE_COLUMNS = 1024
+# a max/min/logsumexp over the columns of a 2-D product that keeps its rows (``q d, k d -> q |
+# logsumexp k``) runs over chunks of rows, each reduced across tiles of TILE_WIDTH columns with a
+# running max/min/log-add per row, so that the GEMM's output and the chunk's rows of the left
+# operand stay in a core's cache.  Measured at q = k = 20000, d = 64 (interleaved): logsumexp in
+# 512 x 512 tiles 656 ms, 1024 x 256 684 ms, against 971 ms in full-width 52-row chunks
+ROW_TILE_BYTES = 2 * 2**20  # a tile's budget (the GEMM's output plus the clause's temporaries)
+TILE_WIDTH = 512
 DEFAULT_MEMORY_LIMIT = 256 * 2**20  # a step whose intermediate is larger is computed in chunks
 TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0, "argmax": 1.0, "argmin": 1.0}
 
@@ -447,13 +454,7 @@ class _RunningReduction(_ChunkLoop):
 
     def setup(self) -> list:
         self.acc = self.names.fresh("acc")
-        if self.reducer in ("max", "min"):
-            start = _full(self.rest_shape, _extreme(self.dtype, self.reducer == "max"), self.dtype)
-            return [ir.Assign(self.acc, start, f"running {self.reducer}")]
-        if self.reducer == "logsumexp":
-            start = _full(self.rest_shape, float("-inf"), clause_dtype("logsumexp", self.dtype))
-            return [ir.Assign(self.acc, start, "running logsumexp")]
-        return [ir.Assign(self.acc, _zeros(self.rest_shape, self.dtype), "running sum")]
+        return [_running_start(self.acc, self.reducer, self.rest_shape, self.dtype)]
 
     def combine(self, value: Value, chunk_sizes: dict) -> list:
         dims = tuple(value.axes.index(x) for x in self.ids)
@@ -483,6 +484,67 @@ class _RunningReduction(_ChunkLoop):
 
     def dtype_after_loop(self) -> torch.dtype:
         return clause_dtype(self.reducer, self.dtype)
+
+
+def _running_start(var: str, reducer: str, shape, dtype: torch.dtype) -> ir.Assign:
+    """``var`` = the identity of a running max/min/logsumexp/sum of ``shape``."""
+    if reducer in ("max", "min"):
+        return ir.Assign(var, _full(shape, _extreme(dtype, reducer == "max"), dtype), f"running {reducer}")
+    if reducer == "logsumexp":
+        return ir.Assign(var, _full(shape, float("-inf"), clause_dtype("logsumexp", dtype)), "running logsumexp")
+    return ir.Assign(var, _zeros(shape, dtype), "running sum")
+
+
+class _WriteRowsInTiles(_WriteRows):
+    """Chunks of the row axis of a 2-D product whose one clause, a max/min/logsumexp, reduces its
+    column axis (``q d, k d -> q | logsumexp k``): each chunk of rows runs over tiles of columns,
+    folds each tile's reduction into a running one of its rows, then fills those rows of the result.
+    Unlike full-width chunks, a tile and the chunk's rows of the left operand stay in cache."""
+
+    @staticmethod
+    def applies(loop: "_ChunkLoop") -> bool:
+        if not isinstance(loop, _WriteRows) or loop.model.kind != "cpu" or loop.options.compiled:
+            return False
+        if loop.probe is None or len(loop.clauses) != 1:
+            return False
+        reducer, ids = loop.clauses[0]
+        if reducer not in MERGE_CALLS or len(ids) != 1 or not loop.dtype.is_floating_point:
+            return False
+        return loop.probe.axes == (loop.axis, ids[0]) and loop.sizes[ids[0]] > TILE_WIDTH
+
+    def _tile_columns(self, budget) -> tuple[Optional[str], int]:
+        (_, (column,)) = self.clauses[0]
+        return column, int(max(1, min(TILE_WIDTH, budget // self.dtype.itemsize)))
+
+    @property
+    def reducer(self) -> str:
+        return self.clauses[0][0]
+
+    def loops(self, operands=None) -> list:
+        """Per chunk of rows: start the running reduction, fold in the tiles, write the rows."""
+        statements = []
+        (result,) = self.results
+        for start, stop, length in _spans(self.total, self.rows):
+            body, parts = self.cut(operands or (self.a, self.b), self.axis, self.i, length)
+            chunk_sizes = dict(self.sizes, **{self.axis: length})
+            self.running = self.names.fresh("acc")
+            body.append(_running_start(self.running, self.reducer, (length,), self.dtype))
+            body += self.tiles(parts, chunk_sizes)
+            target = _slice(result, self.axis, self.i, length)
+            body.append(ir.Assign(target, ir.Var(self.running), f"write rows of {self.axis}"))
+            label = "chunked-reduction" if length == self.rows else "last, shorter chunk"
+            statements.append(ir.Loop("i", start, stop, length, tuple(body), f"{label}: {length} of {self.total} along {self.axis}"))
+        return statements
+
+    def combine(self, value: Value, chunk_sizes: dict) -> list:
+        (_, (column,)) = self.clauses[0]
+        part = self.names.fresh("p")
+        reduce = ir.Call(REDUCE_CALLS[self.reducer], (ir.Var(value.var), ir.Const(value.axes.index(column))))
+        merge = ir.Call(MERGE_CALLS[self.reducer], (ir.Var(self.running), ir.Var(part)))
+        return [
+            ir.Assign(part, reduce, f"{self.reducer} of this tile"),
+            ir.Assign(self.running, merge, "combine"),
+        ]
 
 
 class _RunningArgReduction(_RunningReduction):
@@ -887,6 +949,8 @@ def chunked(a: Value, b: Value, clauses, bound: Bound, keep, sizes, rank, model,
         fits = screened.memory() <= (options.memory_limit or DEFAULT_MEMORY_LIMIT)
         if fits and model.seconds(screened.estimate()) < model.seconds(loop.estimate()):
             loop = screened
+    elif _WriteRowsInTiles.applies(loop):
+        loop = _WriteRowsInTiles(*arguments[:-1], min(budget, ROW_TILE_BYTES))
     return loop.build()
 
 
