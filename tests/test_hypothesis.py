@@ -225,3 +225,44 @@ def test_generators_cover_the_interesting_cases():
 
     look()
     assert all(seen.values()), seen
+
+
+# Batches of tiny products cut into chunks by a memory limit: the full chunks and the shorter last
+# one may be lowered differently (unrolled lays a batch of 32 or more last, a shorter one not), and
+# every chunk must still land in, or fold into, the same result.
+BATCHED = {
+    "b i j, b j k -> b i k": lambda p: p,
+    "b i j, b j k -> b | logsumexp i k": lambda p: torch.logsumexp(p.flatten(1), -1),
+    "b i j, b j k -> i k | max b": lambda p: p.amax(0),
+    "b i j, b j k -> i k": lambda p: p.sum(0),
+}
+
+
+@pytest.mark.parametrize("lowering", einplan.LOWERINGS)
+def test_chunked_batches_of_tiny_products_match_einsum(lowering):
+    seen = {"chunks": 0, "layout change": 0, "declined": 0}
+
+    @SETTINGS
+    @given(
+        pattern=st.sampled_from(sorted(BATCHED)),
+        batch=st.integers(1, 600),
+        ijk=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+        limit=st.sampled_from([64, 4096, 32768, 65536]),
+    )
+    def check(pattern, batch, ijk, limit):
+        i, j, k = ijk
+        x, y = random_tensors([(batch, i, j), (batch, j, k)], seed=batch)
+        try:
+            source = einplan.code(pattern, x, y, lowering=lowering, memory_limit=limit)
+            got = einplan.bl(pattern, x, y, lowering=lowering, memory_limit=limit)
+        except einplan.UnsupportedError:
+            seen["declined"] += 1  # a forced lowering that cannot compute the step says so
+            return
+        seen["chunks"] += "for i in range" in source
+        seen["layout change"] += "in the axis order of the full chunks" in source
+        assert_matches(got, BATCHED[pattern](torch.einsum("bij,bjk->bik", x, y)), f"{pattern} b={batch} {ijk} limit={limit}")
+
+    check()
+    assert seen["chunks"] >= 15, seen
+    if lowering == "unrolled":
+        assert seen["layout change"] >= 1, seen
