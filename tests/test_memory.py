@@ -68,6 +68,16 @@ def test_whole_product_max_is_tiled_for_a_cpu_only(device, cut, cpu_screen):
     assert cut in step.description, step.description
 
 
+@pytest.mark.parametrize("device, compiled, cut", [("cpu", False, "in tiles of 512 along q by 512 along k"),
+                                                   ("cpu", True, "in chunks of 52 along q"),
+                                                   ("cuda", False, "in chunks of 52 along q")])
+def test_a_reduction_that_keeps_the_rows_is_tiled_for_eager_cpu_code_only(device, compiled, cut):
+    # torch.compile would unroll every tile of the loop; a GPU's GEMM wants the full-width chunk
+    plan = plan_for("q d, k d -> q | logsumexp k", *WHOLE, device=device, compiled=compiled)
+    (step,) = [s for s in plan.steps if s.kind == CHUNKED]
+    assert cut in step.description, step.description
+
+
 def test_small_reductions_are_not_chunked():
     plan = plan_for("m d, n d -> | max m n", (20, 8), (30, 8))
     assert all(s.kind != CHUNKED for s in plan.steps)
