@@ -196,6 +196,15 @@ def test_compiled_code_is_not_screened():
     assert not _is_screened("m d, n d -> | max m n", (20000, 128), (20000, 128), compiled=True)
 
 
+@pytest.mark.parametrize("speedup, screened", [(1.4, False), (1.6, True), (2.2, True)])
+def test_the_screen_needs_a_bfloat16_gemm_half_again_as_fast(monkeypatch, speedup, screened):
+    from einplan import runtime
+
+    monkeypatch.setitem(cost._loaded, "cpu", replace(cost.CPU, screen_rate=speedup * cost.CPU.gemm_rate))
+    runtime.clear_cache()
+    assert _is_screened("m d, n d -> | max m n", (20000, 128), (20000, 128)) == screened
+
+
 def test_screen_is_priced_at_the_bfloat16_rate(screening):
     step = _screened_step("m d, n d -> | max m n", (20000, 128), (20000, 128))
     chosen = [c for c in step.candidates if c.lowering == CHUNKED][0]
