@@ -78,6 +78,18 @@ def test_a_reduction_that_keeps_the_rows_is_tiled_for_eager_cpu_code_only(device
     assert cut in step.description, step.description
 
 
+@pytest.mark.parametrize("limit", [16, 64, 200, 1000])
+@pytest.mark.parametrize("reducer", ["logsumexp", "max"])
+def test_row_tiles_narrow_to_fit_a_small_memory_limit(reducer, limit):
+    # a logsumexp tile counts its temporary too: half as many columns as a max tile
+    q, k = torch.randn(30, 3, dtype=torch.float64), torch.randn(600, 3, dtype=torch.float64)
+    pattern = f"q d, k d -> q | {reducer} k"
+    (step,) = [s for s in plan_for(pattern, q, k, memory_limit=limit).steps if s.kind == CHUNKED]
+    assert "in tiles of" in step.description and step.estimate.memory <= limit, step.description
+    want = torch.logsumexp(q @ k.T, 1) if reducer == "logsumexp" else (q @ k.T).amax(1)
+    torch.testing.assert_close(bl(pattern, q, k, memory_limit=limit), want, rtol=1e-12, atol=1e-12)
+
+
 def test_small_reductions_are_not_chunked():
     plan = plan_for("m d, n d -> | max m n", (20, 8), (30, 8))
     assert all(s.kind != CHUNKED for s in plan.steps)

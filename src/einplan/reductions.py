@@ -513,8 +513,9 @@ class _WriteRowsInTiles(_WriteRows):
         return loop.probe.axes == (loop.axis, ids[0]) and loop.sizes[ids[0]] > TILE_WIDTH
 
     def _tile_columns(self, budget) -> tuple[Optional[str], int]:
-        (_, (column,)) = self.clauses[0]
-        return column, int(max(1, min(TILE_WIDTH, budget // self.dtype.itemsize)))
+        (reducer, (column,)) = self.clauses[0]
+        one_row = self.dtype.itemsize * TEMPORARIES[reducer]  # bytes per column of a one-row tile
+        return column, int(max(1, min(TILE_WIDTH, budget // one_row)))
 
     @property
     def reducer(self) -> str:
