@@ -370,7 +370,9 @@ class _ChunkLoop:
         for start, stop, length in _spans(self.total, self.rows):
             body, parts = self.cut(operands or (self.a, self.b), self.axis, self.i, length)
             chunk_sizes = dict(self.sizes, **{self.axis: length})
+            body += self.before_chunk(length)
             body += self.tiles(parts, chunk_sizes) if self.column is not None else self.contract(parts, chunk_sizes)
+            body += self.after_chunk(length)
             label = "chunked-reduction" if length == self.rows else "last, shorter chunk"
             statements.append(ir.Loop("i", start, stop, length, tuple(body), f"{label}: {length} of {self.total} along {self.axis}"))
         return statements
@@ -395,6 +397,14 @@ class _ChunkLoop:
     def combine(self, value: Value, chunk_sizes: dict) -> list:
         """Statements that fold one chunk's ``value`` in."""
         raise NotImplementedError
+
+    def before_chunk(self, length: int) -> list:
+        """Statements at the top of each chunk's body, after the chunk is cut."""
+        return []
+
+    def after_chunk(self, length: int) -> list:
+        """Statements at the end of each chunk's body."""
+        return []
 
     def finish(self) -> tuple[list, list[Value]]:
         """Statements after the loops, and the values they leave."""
@@ -457,20 +467,7 @@ class _RunningReduction(_ChunkLoop):
         return [_running_start(self.acc, self.reducer, self.rest_shape, self.dtype)]
 
     def combine(self, value: Value, chunk_sizes: dict) -> list:
-        dims = tuple(value.axes.index(x) for x in self.ids)
-        source = ir.Var(value.var)
-        part = self.names.fresh("p")
-        acc = ir.Var(self.acc)
-        if self.reducer in MERGE_CALLS:
-            partial = ir.Call(REDUCE_CALLS[self.reducer], (source, ir.Const(dims[0] if len(dims) == 1 else dims)))
-            merge = ir.Call(MERGE_CALLS[self.reducer], (acc, ir.Var(part)))
-        else:  # sum, mean
-            partial = _sum(source, dims, self.dtype)
-            merge = ir.BinOp("+", acc, ir.Var(part))
-        return [
-            ir.Assign(part, partial, f"{self.reducer} of this {self.piece}"),
-            ir.Assign(self.acc, merge, "combine"),
-        ]
+        return _fold(self.acc, self.reducer, value, self.ids, self.dtype, self.names, self.piece)
 
     def finish(self) -> tuple[list, list[Value]]:
         statements = []
@@ -495,6 +492,23 @@ def _running_start(var: str, reducer: str, shape, dtype: torch.dtype) -> ir.Assi
     return ir.Assign(var, _zeros(shape, dtype), "running sum")
 
 
+def _fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: Names, piece: str) -> list:
+    """Reduce ``value`` over ``ids`` and fold the result into the running ``acc``."""
+    dims = tuple(value.axes.index(x) for x in ids)
+    source = ir.Var(value.var)
+    part = names.fresh("p")
+    if reducer in MERGE_CALLS:
+        partial = ir.Call(REDUCE_CALLS[reducer], (source, ir.Const(dims[0] if len(dims) == 1 else dims)))
+        merge = ir.Call(MERGE_CALLS[reducer], (ir.Var(acc), ir.Var(part)))
+    else:  # sum, mean
+        partial = _sum(source, dims, dtype)
+        merge = ir.BinOp("+", ir.Var(acc), ir.Var(part))
+    return [
+        ir.Assign(part, partial, f"{reducer} of this {piece}"),
+        ir.Assign(acc, merge, "combine"),
+    ]
+
+
 class _WriteRowsInTiles(_WriteRows):
     """Chunks of the row axis of a 2-D product whose one clause, a max/min/logsumexp, reduces its
     column axis (``q d, k d -> q | logsumexp k``): each chunk of rows runs over tiles of columns,
@@ -517,35 +531,18 @@ class _WriteRowsInTiles(_WriteRows):
         one_row = self.dtype.itemsize * TEMPORARIES[reducer]  # bytes per column of a one-row tile
         return column, int(max(1, min(TILE_WIDTH, budget // one_row)))
 
-    @property
-    def reducer(self) -> str:
-        return self.clauses[0][0]
-
-    def loops(self, operands=None) -> list:
-        """Per chunk of rows: start the running reduction, fold in the tiles, write the rows."""
-        statements = []
-        (result,) = self.results
-        for start, stop, length in _spans(self.total, self.rows):
-            body, parts = self.cut(operands or (self.a, self.b), self.axis, self.i, length)
-            chunk_sizes = dict(self.sizes, **{self.axis: length})
-            self.running = self.names.fresh("acc")
-            body.append(_running_start(self.running, self.reducer, (length,), self.dtype))
-            body += self.tiles(parts, chunk_sizes)
-            target = _slice(result, self.axis, self.i, length)
-            body.append(ir.Assign(target, ir.Var(self.running), f"write rows of {self.axis}"))
-            label = "chunked-reduction" if length == self.rows else "last, shorter chunk"
-            statements.append(ir.Loop("i", start, stop, length, tuple(body), f"{label}: {length} of {self.total} along {self.axis}"))
-        return statements
+    def before_chunk(self, length: int) -> list:
+        """Start the chunk's rows' running reduction."""
+        self.running = self.names.fresh("acc")
+        return [_running_start(self.running, self.clauses[0][0], (length,), self.dtype)]
 
     def combine(self, value: Value, chunk_sizes: dict) -> list:
-        (_, (column,)) = self.clauses[0]
-        part = self.names.fresh("p")
-        reduce = ir.Call(REDUCE_CALLS[self.reducer], (ir.Var(value.var), ir.Const(value.axes.index(column))))
-        merge = ir.Call(MERGE_CALLS[self.reducer], (ir.Var(self.running), ir.Var(part)))
-        return [
-            ir.Assign(part, reduce, f"{self.reducer} of this tile"),
-            ir.Assign(self.running, merge, "combine"),
-        ]
+        return _fold(self.running, self.clauses[0][0], value, (self.column,), self.dtype, self.names, self.piece)
+
+    def after_chunk(self, length: int) -> list:
+        """Fill the chunk's rows of the result."""
+        (result,) = self.results
+        return [ir.Assign(_slice(result, self.axis, self.i, length), ir.Var(self.running), f"write rows of {self.axis}")]
 
 
 class _RunningArgReduction(_RunningReduction):
