@@ -7,8 +7,8 @@ made, so nothing else can ever reach the generated source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Iterable, Union
 
 FUNCTIONS = frozenset(
     {
@@ -68,6 +68,7 @@ METHODS = frozenset(
         "detach",
         "neg",
         "view",
+        "unflatten",
     }
 )
 ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad"})
@@ -85,9 +86,15 @@ class Var:
 
 @dataclass(frozen=True)
 class Const:
-    """An int, float, None, bool, tuple of those, or a torch dtype."""
+    """An int, float, None, bool, tuple of those, or a torch dtype.
+
+    ``sizes``: the axes whose sizes this number was computed from (a reshape's
+    dims, a chunk length, a loop bound).  Code whose constants name no axis
+    does not depend on that axis's size: :func:`sized_axes` collects them.
+    """
 
     value: Any
+    sizes: frozenset = field(default=frozenset(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -231,3 +238,18 @@ def reshape(expr: Expr, shape: tuple[int, ...]) -> Expr:
     if not shape:
         return Method(expr, "reshape", (Const(()),))
     return Method(expr, "reshape", tuple(Const(s) for s in shape))
+
+
+def sized_axes(nodes: Iterable) -> frozenset:
+    """Every axis whose size some constant in ``nodes`` (statements or expressions) was computed from."""
+    found: set = set()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Const):
+            found.update(node.sizes)
+        elif isinstance(node, (tuple, list)):
+            stack.extend(node)
+        elif is_dataclass(node) and not isinstance(node, type):
+            stack.extend(getattr(node, f.name) for f in fields(node))
+    return frozenset(found)

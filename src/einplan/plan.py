@@ -35,7 +35,7 @@ from .lowerings import (  # noqa: F401  (the lowering names are part of this mod
     choose,
 )
 from .reductions import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, _human_bytes, chunked, clause_dtype, reduce_clause  # noqa: F401
-from .semantics import Bound
+from .bind import Bound
 
 @dataclass(frozen=True)
 class Step:

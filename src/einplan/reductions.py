@@ -17,7 +17,7 @@ import torch
 from . import ir
 from .errors import EinplanError
 from .lowerings import CONTRACTIONS, MATMUL, Names, Options, Value, _describe, _lower, _numel, _sum, assign_result, choose
-from .semantics import Bound
+from .bind import Bound
 
 # --- clauses and output -----------------------------------------------------------------------
 
