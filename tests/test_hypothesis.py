@@ -19,6 +19,8 @@ at least a fifth of the examples.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -240,7 +242,7 @@ BATCHED = {
 
 @pytest.mark.parametrize("lowering", einplan.LOWERINGS)
 def test_chunked_batches_of_tiny_products_match_einsum(lowering):
-    seen = {"chunks": 0, "layout change": 0, "declined": 0}
+    seen = {"chunks": 0, "shorter last chunk": 0, "declined": 0}
 
     @SETTINGS
     @given(
@@ -259,10 +261,10 @@ def test_chunked_batches_of_tiny_products_match_einsum(lowering):
             seen["declined"] += 1  # a forced lowering that cannot compute the step says so
             return
         seen["chunks"] += "for i in range" in source
-        seen["layout change"] += "in the axis order of the full chunks" in source
+        steps = re.findall(r"for i in range\(0, \w+\.shape\[\d\], (\d+)\)", source)
+        seen["shorter last chunk"] += any(batch % int(rows) for rows in steps)  # the one loop body serves it
         assert_matches(got, BATCHED[pattern](torch.einsum("bij,bjk->bik", x, y)), f"{pattern} b={batch} {ijk} limit={limit}")
 
     check()
     assert seen["chunks"] >= 15, seen
-    if lowering == "unrolled":
-        assert seen["layout change"] >= 1, seen
+    assert seen["shorter last chunk"] >= 5, seen

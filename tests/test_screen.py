@@ -19,7 +19,7 @@ import torch
 import einplan
 from einplan import cost
 from einplan.plan import CHUNKED
-from einplan.reductions import BFLOAT16_UNIT, screen_error
+from einplan.screen import BFLOAT16_UNIT, screen_error
 from einplan.runtime import plan_for
 
 MiB = 2**20

@@ -81,6 +81,9 @@ def expr(node) -> str:
         return f"{_atom(node.then)} if {_atom(node.condition)} else {_atom(node.otherwise)}"
     if isinstance(node, ir.BoolOp):
         return f" {node.op} ".join(_atom(v) for v in node.values)
+    if isinstance(node, ir.Tuple):
+        inner = ", ".join(expr(v) for v in node.items)
+        return f"({inner},)" if len(node.items) == 1 else f"({inner})"
     raise TypeError(f"cannot render {node!r}")
 
 
@@ -103,7 +106,8 @@ def statements(stmts, indent: str = "    ") -> list[str]:
             lines.append(f"{line}  # {stmt.comment}" if stmt.comment else line)
         elif isinstance(stmt, ir.Loop):
             stop = repr(int(stmt.stop)) if isinstance(stmt.stop, int) else expr(stmt.stop)
-            head = f"{indent}for {stmt.var} in range({int(stmt.start)}, {stop}, {int(stmt.step)}):"
+            step = repr(int(stmt.step)) if isinstance(stmt.step, int) else expr(stmt.step)
+            head = f"{indent}for {stmt.var} in range({int(stmt.start)}, {stop}, {step}):"
             lines.append(f"{head}  # {stmt.comment}" if stmt.comment else head)
             lines.extend(statements(stmt.body, indent + "    "))
         elif isinstance(stmt, ir.Return):

@@ -178,10 +178,17 @@ class BoolOp:
             raise ValueError(f"boolean operator {self.op!r} is not allowed")
 
 
+@dataclass(frozen=True)
+class Tuple:
+    """``(a, b, ...)`` of expressions: a shape read from tensors (``(chunk.shape[0],)``)."""
+
+    items: tuple
+
+
 SLICE = slice(None)
 ELLIPSIS = ...
 
-Expr = Union[Var, Const, Call, Method, Attr, BinOp, Index, IfExp, BoolOp]
+Expr = Union[Var, Const, Call, Method, Attr, BinOp, Index, IfExp, BoolOp, Tuple]
 
 
 @dataclass(frozen=True)
@@ -203,13 +210,13 @@ class Do:
 
 @dataclass(frozen=True)
 class Loop:
-    """``for var in range(start, stop, step): body``; ``stop`` may be an expression
-    (a loop over a number of rows known only when the code runs)."""
+    """``for var in range(start, stop, step): body``; ``stop`` is usually read from a tensor
+    (``x0.shape[0]``) and ``step`` is a ``Const`` that records the sizes it came from."""
 
     var: str
     start: int
     stop: Union[int, "Expr"]
-    step: int
+    step: Union[int, "Const"]
     body: tuple
     comment: str = ""
 
@@ -234,10 +241,25 @@ def permute(expr: Expr, order: tuple[int, ...]) -> Expr:
     return Method(expr, "permute", tuple(Const(i) for i in order))
 
 
-def reshape(expr: Expr, shape: tuple[int, ...]) -> Expr:
+def reshape(expr: Expr, shape: tuple[int, ...], sizes: frozenset = frozenset()) -> Expr:
+    """``expr.reshape(shape)``; ``sizes``: the axes the shape's numbers come from."""
     if not shape:
-        return Method(expr, "reshape", (Const(()),))
-    return Method(expr, "reshape", tuple(Const(s) for s in shape))
+        return Method(expr, "reshape", (Const((), sizes),))
+    return Method(expr, "reshape", tuple(Const(s, sizes) for s in shape))
+
+
+def shape_of(var: str, dim: int) -> Expr:
+    """``var.shape[dim]``: a size read from a tensor when the code runs."""
+    return Index(Attr(Var(var), "shape"), (dim,))
+
+
+def plus(left: Expr, right: Expr) -> Expr:
+    """``left + right``, or the other side alone when one is the constant 0."""
+    if isinstance(left, Const) and left.value == 0:
+        return right
+    if isinstance(right, Const) and right.value == 0:
+        return left
+    return BinOp("+", left, right)
 
 
 def sized_axes(nodes: Iterable) -> frozenset:

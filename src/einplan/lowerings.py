@@ -1,21 +1,22 @@
 """The contraction lowerings: how one step ``a, b -> c`` becomes torch code.
 
-Each ``lower_*`` function returns a :class:`Lowered` (the expression, the
-result's axis order, statements to run first, and an :class:`Estimate` for the
-cost model) or None when it cannot do the step.  ``choose`` prices every
-lowering and picks the forced one or the cheapest.
+Each lowering is priced, then emitted: ``price(step, context)`` returns an
+:class:`Estimate` for the cost model (or None when it cannot do the step), and
+``emit(step, context)`` returns the :class:`Lowered` code, called once, for the
+winner.  Both read one frozen :class:`Contraction`; ``REGISTRY`` holds every
+lowering by name, and ``choose`` prices them all and names the winner.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
 from . import ir
-from .cost import Estimate
+from .cost import DeviceModel, Estimate
 from .errors import UnsupportedError
 
 MATMUL = "matmul-broadcast"
@@ -52,26 +53,8 @@ class Candidate:
     seconds: float
 
 
-# --- helpers ---------------------------------------------------------------------------
-
-
-def _describe(inputs: list[tuple[str, ...]], output: tuple[str, ...]) -> str:
-    return ", ".join(" ".join(a) for a in inputs) + " -> " + " ".join(output)
-
-
-def _numel(sizes: dict[str, int], axes) -> int:
-    return math.prod(sizes[a] for a in axes)
-
-
-def _sum(expr, dims: tuple[int, ...], dtype: torch.dtype):
-    """``expr.sum(dims)`` that keeps integer dtypes (torch promotes them to int64)."""
-    arg = ir.Const(dims[0] if len(dims) == 1 else dims)
-    kwargs = () if (dtype.is_floating_point or dtype.is_complex) else (("dtype", ir.Const(dtype)),)
-    return ir.Method(expr, "sum", (arg,), kwargs)
-
-
 class Names:
-    """Fresh variable names for generated code: t0, t1, ..."""
+    """Fresh variable names for generated code, by role and numbered in source order: t0, chunk1, ..."""
 
     def __init__(self, count: int = 0):
         self.count = count
@@ -82,19 +65,78 @@ class Names:
         return name
 
 
-# --- contraction lowerings -------------------------------------------------------------------
+@dataclass
+class Context:
+    """What emitting needs beside the step: fresh names, the options, the device's constants."""
+
+    names: Names
+    options: Options
+    model: DeviceModel
+
+    def forced(self, lowering: str) -> bool:
+        return self.options.lowering == lowering
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """One step: ``a`` and ``b`` contracted to the axes in ``keep``.
+
+    ``rank`` orders the result's axes; ``free`` are the axes whose size the code
+    reads from the tensors when it runs (a chunk's rows): no number may bake them in.
+    """
+
+    a: Value
+    b: Value
+    keep: frozenset
+    sizes: Mapping[str, int]
+    rank: Callable[[str], tuple]
+    dtype: torch.dtype
+    free: frozenset = frozenset()
+
+    @property
+    def union(self) -> list[str]:
+        return list(dict.fromkeys(self.a.axes + self.b.axes))
+
+    @property
+    def kept(self) -> list[str]:
+        return sorted((x for x in self.union if x in self.keep), key=self.rank)
+
+    @property
+    def summed(self) -> list[str]:
+        return [x for x in self.union if x not in self.keep]
+
+    def numel(self, axes) -> int:
+        return numel(self.sizes, axes)
+
+    def fixed(self, axes) -> frozenset:
+        """The axes among ``axes`` whose sizes a number in the code may come from."""
+        return frozenset(axes) - self.free
+
+    def describe(self, output: Optional[tuple[str, ...]] = None) -> str:
+        return describe([self.a.axes, self.b.axes], tuple(self.kept) if output is None else output)
 
 
 @dataclass(frozen=True)
 class Lowered:
     expr: ir.Expr  # the step's result, assigned to the step's variable
     axes: tuple[str, ...]
-    estimate: Estimate
     setup: tuple = ()  # statements that run before (the unrolled terms)
 
 
-def _order(axes, rank: Callable[[str], tuple]) -> list[str]:
-    return sorted(axes, key=rank)
+def describe(inputs, output) -> str:
+    """A step in pattern form: ``b n, n m -> b m``."""
+    return ", ".join(" ".join(a) for a in inputs) + " -> " + " ".join(output)
+
+
+def numel(sizes: Mapping[str, int], axes) -> int:
+    return math.prod(sizes[a] for a in axes)
+
+
+def sum_over(expr, dims: tuple[int, ...], dtype: torch.dtype):
+    """``expr.sum(dims)`` that keeps integer dtypes (torch promotes them to int64)."""
+    arg = ir.Const(dims[0] if len(dims) == 1 else dims)
+    kwargs = () if (dtype.is_floating_point or dtype.is_complex) else (("dtype", ir.Const(dtype)),)
+    return ir.Method(expr, "sum", (arg,), kwargs)
 
 
 def _align(value: Value, layout: list[str]) -> ir.Expr:
@@ -110,172 +152,248 @@ def _align(value: Value, layout: list[str]) -> ir.Expr:
     return expr
 
 
-def lower_elementwise(a: Value, b: Value, keep, sizes, rank, dtype, model, fused: bool = False) -> Lowered:
-    """Broadcast multiply, then ``.sum`` over the contracted axes (trailing);
-    one ``torch.linalg.vecdot`` call when a single axis of a float product is summed.
+class Lowering:
+    """One way to compute a contraction: priced first, emitted once if it wins."""
 
-    ``fused``: torch.compile will trace the code and run the product and its sum
-    as one loop that reads the inputs and writes the result; the product never exists.
+    name = ""
+
+    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+        raise NotImplementedError
+
+    def emit(self, step: Contraction, context: Context) -> Lowered:
+        raise NotImplementedError
+
+    def result_axes(self, step: Contraction) -> tuple[str, ...]:
+        """The order of the result's axes, known without emitting."""
+        return tuple(step.kept)
+
+
+# --- elementwise-sum --------------------------------------------------------------------------
+
+
+class ElementwiseSum(Lowering):
+    """Broadcast multiply, then ``.sum`` over the contracted axes (trailing); one
+    ``torch.linalg.vecdot`` call when a single axis of a float product is summed.
+
+    Compiled (``options.compiled``), torch.compile runs the product and its sum
+    as one loop that reads the inputs and writes the result: no product exists.
     """
-    union = list(dict.fromkeys(a.axes + b.axes))
-    kept = _order([x for x in union if x in keep], rank)
-    summed = [x for x in union if x not in keep]
-    layout = kept + summed
-    product_exists = bool(summed) and not fused
-    # a product the sum reads once may overwrite an owned operand of the same shape (no allocation)
-    into = next((v for v in (a, b) if v.owned and len(v.axes) == len(layout)), None) if product_exists else None
-    left, right = _align(a, layout), _align(b, layout)
-    if into is not None:
-        product = ir.Method(*((left, "mul_", (right,)) if into is a else (right, "mul_", (left,))))
-    else:
-        product = ir.BinOp("*", left, right)
-    if product_exists and into is None and len(summed) == 1 and dtype.is_floating_point:
-        # the same multiply and sum, issued from Python as one call instead of two
-        expr = ir.Call("torch.linalg.vecdot", (left, right))
-    else:
-        expr = _sum(product, tuple(range(-len(summed), 0)), dtype) if summed else product
-    itemsize = dtype.itemsize
-    full = _numel(sizes, layout)
-    out = _numel(sizes, kept)
-    traffic = _numel(sizes, a.axes) + _numel(sizes, b.axes) + out + (2 * full if product_exists else 0)
-    estimate = Estimate(
-        flops=2 * full if summed else full,
-        bytes=traffic * itemsize,
-        ops=2 if product_exists else 1,
-        elementwise=full,
-        reductions=out if product_exists and _numel(sizes, summed) < 64 else 0,
-        memory=((full if into is None else 0) + out) * itemsize if product_exists else out * itemsize,
+
+    name = ELEMENTWISE
+
+    @staticmethod
+    def _product_exists(step: Contraction, context: Context) -> bool:
+        return bool(step.summed) and not context.options.compiled
+
+    def _into(self, step: Contraction, context: Context) -> Optional[Value]:
+        """An owned operand of the product's shape the multiply may overwrite (no allocation)."""
+        if not self._product_exists(step, context):
+            return None
+        rank = len(step.kept) + len(step.summed)
+        return next((v for v in (step.a, step.b) if v.owned and len(v.axes) == rank), None)
+
+    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+        exists = self._product_exists(step, context)
+        into = self._into(step, context)
+        full = step.numel(step.kept + step.summed)
+        out = step.numel(step.kept)
+        traffic = step.numel(step.a.axes) + step.numel(step.b.axes) + out + (2 * full if exists else 0)
+        itemsize = step.dtype.itemsize
+        return Estimate(
+            flops=2 * full if step.summed else full,
+            bytes=traffic * itemsize,
+            ops=2 if exists else 1,
+            elementwise=full,
+            reductions=out if exists and step.numel(step.summed) < 64 else 0,
+            memory=((full if into is None else 0) + out) * itemsize if exists else out * itemsize,
+        )
+
+    def emit(self, step: Contraction, context: Context) -> Lowered:
+        layout = step.kept + step.summed
+        into = self._into(step, context)
+        left, right = _align(step.a, layout), _align(step.b, layout)
+        if into is not None:
+            product = ir.Method(*((left, "mul_", (right,)) if into is step.a else (right, "mul_", (left,))))
+        else:
+            product = ir.BinOp("*", left, right)
+        summed = step.summed
+        if self._product_exists(step, context) and into is None and len(summed) == 1 and step.dtype.is_floating_point:
+            expr = ir.Call("torch.linalg.vecdot", (left, right))  # the same multiply and sum, one call
+        else:
+            expr = sum_over(product, tuple(range(-len(summed), 0)), step.dtype) if summed else product
+        return Lowered(expr, tuple(step.kept))
+
+
+# --- matmul-broadcast ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _MatmulLayout:
+    """The groups of one matmul: ``left`` is batch + m + contracted, ``right`` batch + contracted + n."""
+
+    left: Value
+    right: Value
+    batch: list[str]
+    m: list[str]
+    n: list[str]
+    contracted: list[str]
+
+    @property
+    def direct(self) -> bool:
+        """One axis per group (or torch folding the left's leading dims): no flatten, no unflatten."""
+        return len(self.contracted) == 1 and len(self.n) == 1 and (len(self.m) == 1 or (not self.batch and bool(self.m)))
+
+    @property
+    def out_axes(self) -> tuple[str, ...]:
+        return tuple(self.batch + self.m + self.n)
+
+
+def _matmul_layout(step: Contraction) -> _MatmulLayout:
+    """Batch axes (in both operands, kept) lead on both sides, so torch never broadcasts
+    one operand against the other's batch and never copies it."""
+    rank = step.rank
+
+    def first_private(v: Value, w: Value) -> tuple:
+        return min((rank(x) for x in v.axes if x not in w.axes), default=(1e9,))
+
+    left, right = (step.a, step.b) if first_private(step.a, step.b) <= first_private(step.b, step.a) else (step.b, step.a)
+    shared = [x for x in left.axes if x in right.axes]
+    return _MatmulLayout(
+        left,
+        right,
+        batch=sorted((x for x in shared if x in step.keep), key=rank),
+        m=sorted((x for x in left.axes if x not in right.axes), key=rank),
+        n=sorted((x for x in right.axes if x not in left.axes), key=rank),
+        contracted=[x for x in shared if x not in step.keep],
     )
-    return Lowered(expr, tuple(kept), estimate)
 
 
-def _laid_out(value: Value, layout: list[str], shape: Optional[tuple[int, ...]], sizes):
-    """``value`` permuted to ``layout``, then reshaped to ``shape`` if given.
+def _grouped(value: Value, groups: list[list[str]]) -> ir.Expr:
+    """``value`` permuted to the concatenated groups, then one dim per group: a group of
+    several axes flattened, an empty group a new dim of 1.  No size is written."""
+    layout = [x for group in groups for x in group]
+    expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in layout))
+    position = 0
+    for group in groups:
+        if not group:
+            expr = ir.Method(expr, "unsqueeze", (ir.Const(position),))
+        elif len(group) > 1:
+            expr = ir.Method(expr, "flatten", (ir.Const(position), ir.Const(position + len(group) - 1)))
+        position += 1
+    return expr
 
-    Returns the expression and how many elements a copy would move (merging
-    dims that the permute moved apart forces torch to copy).
-    """
-    order = tuple(value.axes.index(a) for a in layout)
-    expr = ir.permute(ir.Var(value.var), order)
-    if shape is None or shape == tuple(sizes[a] for a in layout):
-        return expr, 0
-    copies = _numel(sizes, layout) if order != tuple(sorted(order)) else 0
-    return ir.reshape(expr, shape), copies
+
+def _ungrouped(expr: ir.Expr, groups: list[list[str]], step: Contraction) -> ir.Expr:
+    """The inverse of ``_grouped`` on a result: dims of empty groups dropped, merged ones split
+    (a free axis's size as -1)."""
+    for position in reversed(range(len(groups))):
+        group = groups[position]
+        if not group:
+            expr = ir.Method(expr, "squeeze", (ir.Const(position),))
+        elif len(group) > 1:
+            shape = tuple(-1 if x in step.free else step.sizes[x] for x in group)
+            expr = ir.Method(expr, "unflatten", (ir.Const(position), ir.Const(shape, step.fixed(group))))
+    return expr
 
 
-def lower_matmul(a: Value, b: Value, keep, sizes, rank, dtype, model) -> Optional[Lowered]:
-    """Views plus one ``torch.matmul``; a shared operand is folded, never expanded.
+class MatmulBroadcast(Lowering):
+    """Views plus one ``torch.matmul``; a shared operand is folded, never expanded."""
 
-    Batch axes (in both operands, kept) lead on both sides, so torch never has
-    to broadcast one operand against the other's batch and never copies it.
-    """
-    if dtype == torch.bool or (not dtype.is_floating_point and not dtype.is_complex and model.kind == "cuda"):
-        return None
-    first_private = lambda v, w: min((rank(x) for x in v.axes if x not in w.axes), default=(1e9,))
-    left, right = (a, b) if first_private(a, b) <= first_private(b, a) else (b, a)
-    batch = _order([x for x in left.axes if x in right.axes and x in keep], rank)
-    contracted = [x for x in left.axes if x in right.axes and x not in keep]
-    m = _order([x for x in left.axes if x not in right.axes], rank)
-    n = _order([x for x in right.axes if x not in left.axes], rank)
-    B, M, N, K = (_numel(sizes, g) for g in (batch, m, n, contracted))
-    out_axes = tuple(batch + m + n)
-    # one axis per group: plain matmul; no batch and a 2-d right side: torch
-    # folds the left's leading dims into one GEMM.  Otherwise merge groups.
-    direct = len(contracted) == 1 and len(n) == 1 and (len(m) == 1 or (not batch and m))
-    batch_shape = tuple(sizes[x] for x in batch)
-    lhs, left_copy = _laid_out(left, batch + m + contracted, None if direct else batch_shape + (M, K), sizes)
-    rhs, right_copy = _laid_out(right, batch + contracted + n, None if direct else batch_shape + (K, N), sizes)
-    expr: ir.Expr = ir.Call("torch.matmul", (lhs, rhs))
-    if not direct:
-        expr = ir.reshape(expr, tuple(sizes[x] for x in out_axes))
-    itemsize = dtype.itemsize
-    out = B * M * N
-    copies = left_copy + right_copy
-    estimate = Estimate(
-        flops=2 * B * M * N * K,
-        bytes=(_numel(sizes, left.axes) + _numel(sizes, right.axes) + out + 2 * copies) * itemsize,
-        ops=1 + (1 if left_copy else 0) + (1 if right_copy else 0),
-        memory=(out + copies) * itemsize,
-    )
-    if batch and M * N * K < model.loop_limit:  # torch loops over tiny matrices instead of calling a GEMM
-        estimate = replace(estimate, loop_matrices=B, loop_fmas=B * M * N * K, loop_outputs=out)
-    else:
-        estimate = replace(estimate, gemm_flops=2 * B * M * N * K, matrices=B if batch else 0).gemm_eff(model, M, N, K)
-    return Lowered(expr, out_axes, estimate)
+    name = MATMUL
 
+    def applies(self, step: Contraction, model: DeviceModel) -> bool:
+        dtype = step.dtype
+        if dtype == torch.bool or (not dtype.is_floating_point and not dtype.is_complex and model.kind == "cuda"):
+            return False
+        layout = _matmul_layout(step)
+        # a merged group of the result is split again with -1 for a free axis: one per group at most
+        return all(sum(x in step.free for x in group) <= 1 for group in (layout.m, layout.n))
+
+    def result_axes(self, step: Contraction) -> tuple[str, ...]:
+        return _matmul_layout(step).out_axes
+
+    def writes_out(self, step: Contraction) -> bool:
+        """Whether the emitted code is one plain ``torch.matmul`` call (it can take ``out=``)."""
+        return _matmul_layout(step).direct
+
+    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+        model = context.model
+        if not self.applies(step, model):
+            return None
+        layout = _matmul_layout(step)
+        B, M, N, K = (step.numel(g) for g in (layout.batch, layout.m, layout.n, layout.contracted))
+        copies = _copies(step, layout)
+        out = B * M * N
+        itemsize = step.dtype.itemsize
+        estimate = Estimate(
+            flops=2 * B * M * N * K,
+            bytes=(step.numel(layout.left.axes) + step.numel(layout.right.axes) + out + 2 * sum(copies)) * itemsize,
+            ops=1 + sum(1 for c in copies if c),
+            memory=(out + sum(copies)) * itemsize,
+        )
+        if layout.batch and M * N * K < model.loop_limit:  # torch loops over tiny matrices instead of a GEMM
+            return replace(estimate, loop_matrices=B, loop_fmas=B * M * N * K, loop_outputs=out)
+        return replace(estimate, gemm_flops=2 * B * M * N * K, matrices=B if layout.batch else 0).gemm_eff(model, M, N, K)
+
+    def emit(self, step: Contraction, context: Context) -> Lowered:
+        layout = _matmul_layout(step)
+        if layout.direct:
+            lhs = ir.permute(ir.Var(layout.left.var), tuple(layout.left.axes.index(a) for a in layout.batch + layout.m + layout.contracted))
+            rhs = ir.permute(ir.Var(layout.right.var), tuple(layout.right.axes.index(a) for a in layout.batch + layout.contracted + layout.n))
+            return Lowered(ir.Call("torch.matmul", (lhs, rhs)), layout.out_axes)
+        batch = [[x] for x in layout.batch]
+        lhs = _grouped(layout.left, batch + [layout.m, layout.contracted])
+        rhs = _grouped(layout.right, batch + [layout.contracted, layout.n])
+        expr = _ungrouped(ir.Call("torch.matmul", (lhs, rhs)), batch + [layout.m, layout.n], step)
+        return Lowered(expr, layout.out_axes)
+
+
+def _copies(step: Contraction, layout: _MatmulLayout) -> tuple[int, int]:
+    """Elements torch copies on each side: merging dims that a permute moved apart copies them."""
+    if layout.direct:
+        return 0, 0
+    copies = []
+    for value, groups in ((layout.left, (layout.m, layout.contracted)), (layout.right, (layout.contracted, layout.n))):
+        order = layout.batch + groups[0] + groups[1]
+        permutation = [value.axes.index(a) for a in order]
+        merged = any(len(g) != 1 for g in groups)
+        copies.append(step.numel(order) if merged and permutation != sorted(permutation) else 0)
+    return copies[0], copies[1]
+
+
+# --- unrolled ---------------------------------------------------------------------------------
 
 UNROLL_TERMS = 16  # most terms the cost model may unroll; forcing allows up to 64
-VECTOR_MIN = 32  # an axis this long is a vector axis: unrolled terms run along it
 FORCED_UNROLL_TERMS = 64
-
-
-def lower_unrolled(a: Value, b: Value, keep, sizes, rank, dtype, model, names=None, limit=UNROLL_TERMS) -> Optional[Lowered]:
-    """Written-out arithmetic: one fused multiply-add per index of the summed axes.
-
-    ``out = a[..., 0] * b[..., 0]; out.addcmul_(a[..., 1], b[..., 1]); ...`` --
-    each term is one vector op over the kept axes, with no temporary the size
-    of the full product.  Fuses into one kernel under torch.compile.
-    """
-    if dtype == torch.bool or names is None:
-        return None
-    union = list(dict.fromkeys(a.axes + b.axes))
-    kept = _order([x for x in union if x in keep], rank)
-    summed = [x for x in union if x not in keep]
-    terms = _numel(sizes, summed)
-    if not summed or terms == 0 or terms > limit or any(x not in a.axes or x not in b.axes for x in summed):
-        return None
-    setup: list = []
-    copied = 0
-    big = [x for x in kept if sizes[x] >= VECTOR_MIN]
-    if kept and sizes[kept[-1]] < VECTOR_MIN and big:
-        # lay the long axes last and contiguous, so each term is one vectorised op
-        kept = [x for x in kept if sizes[x] < VECTOR_MIN] + big
-        laid = []
-        for value in (a, b):
-            order = summed + [x for x in kept if x in value.axes]
-            permutation = tuple(value.axes.index(x) for x in order)
-            if permutation == tuple(range(len(order))):
-                laid.append(value)
-                continue
-            var = names.fresh("v")
-            moved = ir.Method(ir.permute(ir.Var(value.var), permutation), "contiguous")
-            setup.append(ir.Assign(var, moved, f"unrolled: lay {' '.join(order)} out, {' '.join(big)} last"))
-            laid.append(Value(var, tuple(order)))
-            copied += _numel(sizes, value.axes) * _gather_factor(value, order[-1], sizes, dtype.itemsize)
-        a, b = laid
-    inner = sizes[kept[-1]] if kept else 1
-    target = names.fresh()
-    indices = _index_tuples([sizes[x] for x in summed])
-    first = ir.BinOp("*", _aligned_term(a, kept, summed, indices[0]), _aligned_term(b, kept, summed, indices[0]))
-    setup.append(ir.Assign(target, first, f"unrolled: term {_term_name(summed, indices[0])}"))
-    for index in indices[1:]:
-        setup.append(
-            ir.Do(
-                ir.Method(ir.Var(target), "addcmul_", (_aligned_term(a, kept, summed, index), _aligned_term(b, kept, summed, index))),
-                f"unrolled: term {_term_name(summed, index)}",
-            )
-        )
-    itemsize = dtype.itemsize
-    out = _numel(sizes, kept)
-    # short inner loops (an inner axis of 2 or 3) cost far more per element
-    inner_penalty = max(1.0, 8.0 / max(inner, 1))
-    # a term reads its slice; a strided slice (summed axes not leading) drags in whole cache lines
-    reads = sum(
-        _numel(sizes, v.axes) // terms if v.axes[: len(summed)] == tuple(summed) else _numel(sizes, v.axes)
-        for v in (a, b)
-    )
-    estimate = Estimate(
-        flops=2 * out * terms,
-        bytes=(2 * copied + terms * (2 * out + reads)) * itemsize,
-        ops=terms + (1 if copied else 0) * 2,
-        elementwise=out * terms * inner_penalty,
-        terms=terms,
-        memory=(out + copied) * itemsize,
-    )
-    return Lowered(ir.Var(target), tuple(kept), estimate, tuple(setup))
-
-
+VECTOR_MIN = 32  # an axis this long is a vector axis: unrolled terms run along it
 CACHE_LINE = 64  # bytes
+
+
+@dataclass(frozen=True)
+class _UnrolledLayout:
+    kept: list[str]  # the result's axes, long ones last
+    summed: list[str]
+    laid: tuple  # per operand: the axis order it is copied to, or None when read as it is
+    big: list[str]
+
+
+def _unrolled_layout(step: Contraction, limit: int) -> Optional[_UnrolledLayout]:
+    if step.dtype == torch.bool:
+        return None
+    kept, summed = step.kept, step.summed
+    terms = step.numel(summed)
+    if not summed or terms == 0 or terms > limit or any(x not in step.a.axes or x not in step.b.axes for x in summed):
+        return None
+    big = [x for x in kept if step.sizes[x] >= VECTOR_MIN]
+    laid: list = [None, None]
+    if kept and step.sizes[kept[-1]] < VECTOR_MIN and big:
+        # lay the long axes last and contiguous, so each term is one vectorised op
+        kept = [x for x in kept if step.sizes[x] < VECTOR_MIN] + big
+        for k, value in enumerate((step.a, step.b)):
+            order = summed + [x for x in kept if x in value.axes]
+            if tuple(value.axes.index(x) for x in order) != tuple(range(len(order))):
+                laid[k] = tuple(order)
+    return _UnrolledLayout(kept, summed, tuple(laid), big)
 
 
 def _gather_factor(value: Value, inner: str, sizes, itemsize: int) -> float:
@@ -284,7 +402,7 @@ def _gather_factor(value: Value, inner: str, sizes, itemsize: int) -> float:
     The copy writes ``inner`` contiguously but reads it with a stride; each read
     drags in part of a cache line, up to a whole line per element.
     """
-    stride = _numel(sizes, value.axes[value.axes.index(inner) + 1 :])
+    stride = numel(sizes, value.axes[value.axes.index(inner) + 1 :])
     return 1.0 + min(stride, CACHE_LINE // itemsize) / 2
 
 
@@ -315,7 +433,7 @@ def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple
     position = next((k for k, a in enumerate(kept) if a in axes), len(kept))
     for axis in axes:
         if axis in fixed:
-            items.append(fixed[axis])
+            items.append(ir.Const(fixed[axis], frozenset(summed)))
             continue
         target = kept.index(axis)
         items.extend([None] * (target - position))
@@ -327,46 +445,98 @@ def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple
     return ir.Index(expr, tuple(items)) if items else expr
 
 
-CONTRACTIONS: dict[str, Callable] = {
-    MATMUL: lower_matmul,
-    ELEMENTWISE: lower_elementwise,
-    UNROLLED: lower_unrolled,
-}
+class Unrolled(Lowering):
+    """Written-out arithmetic: one fused multiply-add per index of the summed axes.
 
+    ``out = a[..., 0] * b[..., 0]; out.addcmul_(a[..., 1], b[..., 1]); ...`` --
+    each term is one vector op over the kept axes, with no temporary the size
+    of the full product.  Fuses into one kernel under torch.compile.
+    """
 
-def _lower(name, a, b, keep, sizes, rank, dtype, model, names, forced, fused=False):
-    if name == UNROLLED:
-        limit = FORCED_UNROLL_TERMS if forced else UNROLL_TERMS
-        return lower_unrolled(a, b, keep, sizes, rank, dtype, model, names, limit)
-    if name == ELEMENTWISE:
-        return lower_elementwise(a, b, keep, sizes, rank, dtype, model, fused)
-    return CONTRACTIONS[name](a, b, keep, sizes, rank, dtype, model)
+    name = UNROLLED
 
+    def _layout(self, step: Contraction, context: Context) -> Optional[_UnrolledLayout]:
+        return _unrolled_layout(step, FORCED_UNROLL_TERMS if context.forced(UNROLLED) else UNROLL_TERMS)
 
-def choose(a: Value, b: Value, keep, sizes, rank, dtype, model, options: Options, names: "Names"):
-    """Price every lowering that can do this step; the forced one or the cheapest wins."""
-    forced = options.lowering if options.lowering in CONTRACTIONS else None
-    candidates = []
-    results = {}
-    for name in CONTRACTIONS:
-        scratch = Names(names.count) if name == UNROLLED else names
-        lowered = _lower(name, a, b, keep, sizes, rank, dtype, model, scratch, name == forced, options.compiled)
-        if lowered is None:
-            continue
-        results[name] = (lowered, scratch)
-        candidates.append(Candidate(name, lowered.estimate, model.seconds(lowered.estimate)))
-    if forced is not None and forced not in results:
-        step = _describe([a.axes, b.axes], tuple(x for x in dict.fromkeys(a.axes + b.axes) if x in keep))
-        raise UnsupportedError(
-            f"lowering {forced!r} cannot compute the step '{step}' "
-            f"(sizes {', '.join(f'{x}={sizes[x]}' for x in dict.fromkeys(a.axes + b.axes))}, dtype {dtype})"
+    def result_axes(self, step: Contraction) -> tuple[str, ...]:
+        layout = _unrolled_layout(step, FORCED_UNROLL_TERMS)
+        return tuple(layout.kept) if layout is not None else tuple(step.kept)
+
+    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+        layout = self._layout(step, context)
+        if layout is None:
+            return None
+        itemsize = step.dtype.itemsize
+        terms = step.numel(layout.summed)
+        copied, reads = 0.0, 0
+        for value, order in zip((step.a, step.b), layout.laid):
+            if order is not None:
+                copied += step.numel(value.axes) * _gather_factor(value, order[-1], step.sizes, itemsize)
+                value = Value(value.var, order)
+            # a term reads its slice; a strided slice (summed axes not leading) drags in whole cache lines
+            leading = value.axes[: len(layout.summed)] == tuple(layout.summed)
+            reads += step.numel(value.axes) // terms if leading else step.numel(value.axes)
+        out = step.numel(layout.kept)
+        inner = step.sizes[layout.kept[-1]] if layout.kept else 1
+        return Estimate(
+            flops=2 * out * terms,
+            bytes=(2 * copied + terms * (2 * out + reads)) * itemsize,
+            ops=terms + (2 if copied else 0),
+            elementwise=out * terms * max(1.0, 8.0 / max(inner, 1)),  # short inner loops cost more per element
+            terms=terms,
+            memory=(out + copied) * itemsize,
         )
+
+    def emit(self, step: Contraction, context: Context) -> Lowered:
+        layout = self._layout(step, context)
+        assert layout is not None, "emit follows a successful price"
+        names = context.names
+        setup: list = []
+        operands = []
+        for value, order in zip((step.a, step.b), layout.laid):
+            if order is None:
+                operands.append(value)
+                continue
+            var = names.fresh("v")
+            moved = ir.Method(ir.permute(ir.Var(value.var), tuple(value.axes.index(x) for x in order)), "contiguous")
+            setup.append(ir.Assign(var, moved, f"unrolled: lay {' '.join(order)} out, {' '.join(layout.big)} last"))
+            operands.append(Value(var, order))
+        a, b = operands
+        kept, summed = layout.kept, layout.summed
+        target = names.fresh()
+        indices = _index_tuples([step.sizes[x] for x in summed])
+        first = ir.BinOp("*", _aligned_term(a, kept, summed, indices[0]), _aligned_term(b, kept, summed, indices[0]))
+        setup.append(ir.Assign(target, first, f"unrolled: term {_term_name(summed, indices[0])}"))
+        for index in indices[1:]:
+            term = ir.Method(ir.Var(target), "addcmul_", (_aligned_term(a, kept, summed, index), _aligned_term(b, kept, summed, index)))
+            setup.append(ir.Do(term, f"unrolled: term {_term_name(summed, index)}"))
+        return Lowered(ir.Var(target), tuple(kept), tuple(setup))
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+REGISTRY: dict[str, Lowering] = {lowering.name: lowering for lowering in (MatmulBroadcast(), ElementwiseSum(), Unrolled())}
+CONTRACTIONS = tuple(REGISTRY)
+
+
+def choose(step: Contraction, context: Context) -> tuple[str, Estimate, tuple[Candidate, ...]]:
+    """Price every lowering that can do this step; the forced one or the cheapest wins.
+
+    Returns (winner, its estimate, every candidate priced).  Nothing is emitted.
+    """
+    options, model = context.options, context.model
+    forced = options.lowering if options.lowering in REGISTRY else None
+    candidates = []
+    for name, lowering in REGISTRY.items():
+        estimate = lowering.price(step, context)
+        if estimate is not None:
+            candidates.append(Candidate(name, estimate, model.seconds(estimate)))
+    if forced is not None and all(c.lowering != forced for c in candidates):
+        sizes = ", ".join(f"{x}={step.sizes[x]}" for x in step.union)
+        raise UnsupportedError(f"lowering {forced!r} cannot compute the step '{step.describe()}' (sizes {sizes}, dtype {step.dtype})")
     affordable = [c for c in candidates if options.memory_limit is None or c.estimate.memory <= options.memory_limit]
-    pool = affordable or candidates
-    winner = forced or min(pool, key=lambda c: c.seconds).lowering
-    lowered, scratch = results[winner]
-    names.count = max(names.count, scratch.count)
-    return winner, lowered, tuple(candidates)
+    winner = next((c for c in candidates if c.lowering == forced), None) or min(affordable or candidates, key=lambda c: c.seconds)
+    return winner.lowering, winner.estimate, tuple(candidates)
 
 
 def assign_result(lowered: Lowered, comment: str, names: Names, prefix: str = "t") -> tuple[str, tuple]:

@@ -2,7 +2,8 @@
 
 The plan is a list of :class:`Step`, each holding the statements (``ir``) it
 emits, the estimate of every candidate lowering the cost model priced, and the
-step in pattern form.  Planning reads shapes only, never tensor data.
+step in pattern form.  Every step is priced first and emitted once, by the
+winner.  Planning reads shapes only, never tensor data.
 """
 
 from __future__ import annotations
@@ -13,29 +14,47 @@ from typing import Optional
 
 import opt_einsum
 
-from . import ir
+from . import chunks, ir, screen
+from .bind import Bound
+from .chunks import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
+from .clauses import apply_clauses, clause_dtype
 from .cost import DeviceModel, Estimate, load_model
 from .errors import EinplanError
-from .lowerings import (  # noqa: F401  (the lowering names are part of this module's interface)
+from .lowerings import (
     CHUNKED,
-    CONTRACTIONS,
     ELEMENTWISE,
     LOWERINGS,
     MATMUL,
+    REGISTRY,
     UNROLLED,
     Candidate,
-    Lowered,
+    Context,
+    Contraction,
     Names,
     Options,
     Value,
-    _describe,
-    _numel,
-    _sum,
     assign_result,
     choose,
+    describe,
+    numel,
+    sum_over,
 )
-from .reductions import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, _human_bytes, chunked, clause_dtype, reduce_clause  # noqa: F401
-from .bind import Bound
+
+__all__ = [
+    "CHUNKED",
+    "CHUNK_BYTES",
+    "DEFAULT_MEMORY_LIMIT",
+    "ELEMENTWISE",
+    "LOWERINGS",
+    "MATMUL",
+    "UNROLLED",
+    "Candidate",
+    "Options",
+    "Plan",
+    "Step",
+    "build",
+]
+
 
 @dataclass(frozen=True)
 class Step:
@@ -62,17 +81,47 @@ class Plan:
         value = self.returns[0] if len(self.returns) == 1 else self.returns
         return body + [ir.Return(value)]
 
+    @property
+    def sized_axes(self) -> frozenset:
+        """The axis ids whose sizes some number in the generated code was computed from."""
+        return ir.sized_axes(self.statements)
+
 
 # --- operand preparation: views, diagonals, private sums ----------------------------------
+
+
+def _view(expr: ir.Expr, shape: tuple[int, ...], axes: tuple[str, ...], direct: Optional[list[bool]]) -> ir.Expr:
+    """``expr.reshape(shape)`` with -1 for the first axis that is a whole dim of the tensor
+    (``direct``; None when unknown), so that the code does not depend on that axis's size."""
+    free = next((k for k, whole in enumerate(direct or ()) if whole and axes.count(axes[k]) == 1), None)
+    if free is None:
+        return ir.reshape(expr, shape, frozenset(axes))
+    dims = tuple(-1 if k == free else s for k, s in enumerate(shape))
+    return ir.reshape(expr, dims, frozenset(axes) - {axes[free]})
+
+
+def _whole_dims(items) -> Optional[list[bool]]:
+    """Per dim after the view, whether it is a whole dim of the tensor (an axis, not a part of a
+    composite); None when an ellipsis makes the positions data-dependent.  An item with an ``id``
+    is one axis, one with ``parts`` a composite, a literal 1 is dropped."""
+    whole: list[bool] = []
+    for item in items:
+        if hasattr(item, "id"):
+            whole.append(True)
+        elif hasattr(item, "parts"):
+            whole.extend(False for part in item.parts if hasattr(part, "id"))
+        elif hasattr(item, "group"):
+            return None
+    return whole
 
 
 def _prepare(bound: Bound, index: int, others: list[set[str]], keep: frozenset[str]):
     """Views and sums that touch one operand only; returns (expr, axes)."""
     operand = bound.operands[index]
     expr: ir.Expr = ir.Var(f"x{index}")
-    if operand.view_shape is not None:
-        expr = ir.reshape(expr, operand.view_shape)
     axes = list(operand.axes)
+    if operand.view_shape is not None:
+        expr = _view(expr, operand.view_shape, operand.axes, _whole_dims(bound.resolved.inputs[index]))
     while True:
         repeated = next((a for a in axes if axes.count(a) > 1), None)
         if repeated is None:
@@ -84,10 +133,25 @@ def _prepare(bound: Bound, index: int, others: list[set[str]], keep: frozenset[s
     elsewhere = set().union(*others) if others else set()
     private = [a for a in axes if a not in keep and a not in elsewhere]
     if private:
-        dims = tuple(axes.index(a) - len(axes) for a in private)
-        expr = _sum(expr, dims, bound.dtype)
+        expr = sum_over(expr, tuple(axes.index(a) - len(axes) for a in private), bound.dtype)
         axes = [a for a in axes if a not in private]
     return expr, tuple(axes)
+
+
+def _prepared(bound: Bound, keep: frozenset) -> tuple[list[Step], list[Value]]:
+    steps: list[Step] = []
+    values: list[Value] = []
+    for index in range(len(bound.operands)):
+        others = [set(op.axes) for k, op in enumerate(bound.operands) if k != index]
+        expr, axes = _prepare(bound, index, others, keep)
+        if isinstance(expr, ir.Var):
+            values.append(Value(expr.name, axes))
+            continue
+        var = f"a{index}"
+        description = f"{bound.resolved.pattern.inputs[index].text} -> {' '.join(axes)}"
+        steps.append(Step("prepare", description, (ir.Assign(var, expr, f"prepare: {description}"),)))
+        values.append(Value(var, axes))
+    return steps, values
 
 
 # --- contraction order ------------------------------------------------------------------------
@@ -111,9 +175,16 @@ def _path(values: list[Value], keep, sizes) -> tuple[tuple[int, ...], ...]:
 def _finish(value: Value, bound: Bound) -> ir.Expr:
     """Permute to the output's order, then merge composites and add literal 1s."""
     expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in bound.output_axes))
-    if bound.output_shape is not None:
-        expr = ir.reshape(expr, bound.output_shape)
-    return expr
+    if bound.output_shape is None:
+        return expr
+    items = bound.resolved.output
+    direct = None if any(hasattr(item, "group") for item in items) else [hasattr(item, "id") for item in items]
+    ids = [item.id if hasattr(item, "id") else "" for item in items] if direct is not None else list(bound.output_axes)
+    free = next((k for k, whole in enumerate(direct or ()) if whole), None)
+    if free is None:
+        return ir.reshape(expr, bound.output_shape, frozenset(bound.output_axes))
+    shape = tuple(-1 if k == free else s for k, s in enumerate(bound.output_shape))
+    return ir.reshape(expr, shape, frozenset(bound.output_axes) - {ids[free]})
 
 
 # --- the planner ------------------------------------------------------------------------------
@@ -135,48 +206,72 @@ def _effective_clauses(bound: Bound):
 
 
 def _check_output_fits(bound: Bound) -> None:
-    numel = _numel(bound.sizes, bound.output_axes)
-    need = numel * bound.dtype.itemsize
+    count = numel(bound.sizes, bound.output_axes)
+    need = count * bound.dtype.itemsize
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
         return
     if need > physical:
         raise EinplanError(
-            f"the output of '{bound.resolved.pattern.text}' would take {_human_bytes(need)} "
-            f"({numel} elements of {bound.dtype}), more than this machine's {_human_bytes(physical)} of memory"
+            f"the output of '{bound.resolved.pattern.text}' would take {human_bytes(need)} "
+            f"({count} elements of {bound.dtype}), more than this machine's {human_bytes(physical)} of memory"
         )
 
 
-def build(bound: Bound, options: Options = Options(), model: DeviceModel | None = None) -> Plan:
-    """Plan ``bound``: prepare operands, contract along the path, reduce, shape the output."""
+def _check_options(options: Options) -> None:
     if options.lowering is not None and options.lowering not in LOWERINGS:
         raise EinplanError(f"unknown lowering {options.lowering!r}; choose one of {', '.join(LOWERINGS)}")
     if options.memory_limit is not None and (not isinstance(options.memory_limit, int) or options.memory_limit <= 0):
         raise EinplanError(f"memory_limit must be a positive number of bytes, got {options.memory_limit!r}")
-    _check_output_fits(bound)
-    model = model or load_model(bound.device)
-    clauses = _effective_clauses(bound)
-    keep = frozenset(bound.output_axes).union(*(ids for _, ids in clauses))
-    sizes = bound.sizes
-    rank = _rank_function(bound)
-    names = Names()
-    limit = options.memory_limit or DEFAULT_MEMORY_LIMIT
-    budget = min(limit, CHUNK_BYTES)
+
+
+@dataclass(frozen=True)
+class _Planning:
+    """What every step of one plan shares."""
+
+    bound: Bound
+    context: Context
+    clauses: tuple
+    keep: frozenset
+    rank: object
+
+    @property
+    def limit(self) -> int:
+        return self.context.options.memory_limit or DEFAULT_MEMORY_LIMIT
+
+
+def _chunked(planning: _Planning, step: Contraction, winner: str, estimate: Estimate, candidates) -> Optional[tuple[Step, list[Value], tuple]]:
+    """The last step in chunks, when it is worth it: (step, result values, clauses left), or None."""
+    context, clauses = planning.context, planning.clauses
+    job = Job(step, clauses, planning.bound.output_axes, tuple(f"x{k}" for k in range(len(planning.bound.operands))), planning.bound.device)
+    chunking = chunks.price(job, context, min(planning.limit, CHUNK_BYTES))
+    if chunking is None:
+        return None
+    price = chunking.estimate(clauses)
+    screened = screen.price(chunking, job, context) if chunking.mode == "reduce" else None
+    model = context.model
+    if screened is not None and screened.memory() <= planning.limit and model.seconds(screened.estimate(context)) < model.seconds(price):
+        statements, results = screen.emit(screened, job, context)
+        remaining, how, price = (), screened.describe(), screened.estimate(context)
+    else:
+        statements, results, remaining = chunks.emit(chunking, job, context)
+        how = chunking.describe()
+        screened = None
+    description = step.describe(REGISTRY[winner].result_axes(step))
+    candidates = candidates + (Candidate(CHUNKED, price, model.seconds(price)),)
+    kind = Step(CHUNKED, f"{description} {how}, then {chunking.inner}", tuple(statements), price, candidates)
+    if remaining and len(results) == 1:
+        more, results = apply_clauses(results[0], remaining, step.sizes, chunks.dtype_after(chunking, clauses), context.names)
+        kind = Step(kind.kind, kind.description, kind.statements + tuple(more), kind.estimate, kind.candidates)
+    return kind, results, remaining
+
+
+def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step], list[Value], bool]:
+    """Contract along the path; returns (steps, the values left, whether the clauses are done)."""
+    context, bound = planning.context, planning.bound
+    options = context.options
     steps: list[Step] = []
-    values: list[Value] = []
-    for index, operand in enumerate(bound.operands):
-        others = [set(op.axes) for k, op in enumerate(bound.operands) if k != index]
-        expr, axes = _prepare(bound, index, others, keep)
-        if isinstance(expr, ir.Var):
-            values.append(Value(expr.name, axes))
-            continue
-        var = f"a{index}"
-        description = f"{bound.resolved.pattern.inputs[index].text} -> {' '.join(axes)}"
-        steps.append(Step("prepare", description, (ir.Assign(var, expr, f"prepare: {description}"),)))
-        values.append(Value(var, axes))
-    path = _path(values, keep, sizes)
-    results: Optional[list[Value]] = None
     for number, pair in enumerate(path):
         taken = [values[k] for k in pair]
         for k in sorted(pair, reverse=True):
@@ -184,42 +279,59 @@ def build(bound: Bound, options: Options = Options(), model: DeviceModel | None 
         if len(taken) == 1:  # opt_einsum may ask for a lone operand's sum
             values.append(taken[0])
             continue
-        a, b = taken
-        needed = keep.union(*(set(v.axes) for v in values))
-        winner, lowered, candidates = choose(a, b, needed, sizes, rank, bound.dtype, model, options, names)
-        last = number == len(path) - 1
-        wants_chunks = options.lowering == CHUNKED or lowered.estimate.memory > limit or (
-            clauses and lowered.estimate.memory > budget
-        )
-        if last and wants_chunks:
-            in_chunks = chunked(a, b, clauses, bound, keep, sizes, rank, model, options, names, budget)
-            if in_chunks is not None:
-                statements, results, estimate, inner, chunking = in_chunks
-                description = _describe([a.axes, b.axes], lowered.axes)
-                seconds = model.seconds(estimate)
-                candidates = candidates + (Candidate(CHUNKED, estimate, seconds),)
-                steps.append(Step(CHUNKED, f"{description} {chunking.describe()}, then {inner}", tuple(statements), estimate, candidates))
-                break
-        description = _describe([a.axes, b.axes], lowered.axes)
-        var, statements = assign_result(lowered, f"{winner}: {description}", names)
-        steps.append(Step(winner, description, statements, lowered.estimate, candidates))
+        needed = planning.keep.union(*(set(v.axes) for v in values))
+        step = Contraction(taken[0], taken[1], needed, bound.sizes, planning.rank, bound.dtype)
+        winner, estimate, candidates = choose(step, context)
+        budget = min(planning.limit, CHUNK_BYTES)
+        wants_chunks = options.lowering == CHUNKED or estimate.memory > planning.limit or (planning.clauses and estimate.memory > budget)
+        if number == len(path) - 1 and wants_chunks:
+            done = _chunked(planning, step, winner, estimate, candidates)
+            if done is not None:
+                steps.append(done[0])
+                return steps, done[1], True
+        lowered = REGISTRY[winner].emit(step, context)
+        description = step.describe(lowered.axes)
+        var, statements = assign_result(lowered, f"{winner}: {description}", context.names)
+        steps.append(Step(winner, description, statements, estimate, candidates))
         values.append(Value(var, lowered.axes, owned=winner == MATMUL))
-    if results is None:
-        (result,) = values
-        results = [result]
-        dtype = bound.dtype
-        for reducer, ids in clauses:
-            (current,) = results
-            statements, results = reduce_clause(current, reducer, ids, sizes, dtype, names)
-            dtype = clause_dtype(reducer, dtype)
-            steps.append(Step("reduce", f"{' '.join(current.axes)} -> {' '.join(results[0].axes)}", tuple(statements)))
-    returns = tuple(_finish(v, bound) for v in results)
+    return steps, values, False
+
+
+def _reduce(planning: _Planning, value: Value) -> tuple[list[Step], list[Value]]:
+    """The clauses, one step each, on a value that exists in full."""
+    steps = []
+    results = [value]
+    dtype = planning.bound.dtype
+    for reducer, ids in planning.clauses:
+        (current,) = results
+        statements, results = apply_clauses(current, ((reducer, ids),), planning.bound.sizes, dtype, planning.context.names)
+        dtype = clause_dtype(reducer, dtype)
+        steps.append(Step("reduce", f"{' '.join(current.axes)} -> {' '.join(results[0].axes)}", tuple(statements)))
+    return steps, results
+
+
+def build(bound: Bound, options: Options = Options(), model: DeviceModel | None = None) -> Plan:
+    """Plan ``bound``: prepare operands, contract along the path, reduce, shape the output."""
+    _check_options(options)
+    _check_output_fits(bound)
+    clauses = _effective_clauses(bound)
+    keep = frozenset(bound.output_axes).union(*(ids for _, ids in clauses))
+    context = Context(Names(), options, model or load_model(bound.device))
+    planning = _Planning(bound, context, clauses, keep, _rank_function(bound))
+    steps, values = _prepared(bound, keep)
+    path = _path(values, keep, bound.sizes)
+    contracted, results, reduced = _contract(planning, values, path)
+    steps += contracted
+    if not reduced:
+        (result,) = results
+        more, results = _reduce(planning, result)
+        steps += more
     return Plan(
         bound=bound,
         options=options,
-        model=model,
+        model=context.model,
         inputs=tuple(f"x{k}" for k in range(len(bound.operands))),
         path=path,
         steps=tuple(steps),
-        returns=returns,
+        returns=tuple(_finish(v, bound) for v in results),
     )

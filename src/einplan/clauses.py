@@ -1,0 +1,139 @@
+"""Clauses: the reductions after the sum-product (``| max k``, ``| argmax m n`` ...).
+
+``reduce_clause`` applies one clause to a tensor that exists in full (or to one
+chunk of it); the running forms (``running_start``, ``fold``) are what a chunk
+loop uses to combine chunks: add, max/min elementwise, log-add.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ir
+from .errors import EinplanError
+from .lowerings import Names, Value, numel, sum_over
+
+REDUCE_CALLS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
+MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "torch.logaddexp"}
+ARG_REDUCERS = ("argmax", "argmin")
+DEVICE_OF = "x0"  # new tensors are made on this input's device
+
+
+def clause_dtype(reducer: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a clause returns: int64 indices, and a float mean/logsumexp of integers."""
+    if reducer in ARG_REDUCERS:
+        return torch.int64
+    if reducer in ("logsumexp", "mean") and not (dtype.is_floating_point or dtype.is_complex):
+        return torch.get_default_dtype()
+    return dtype
+
+
+def extreme(dtype: torch.dtype, low: bool):
+    """The identity of max (``low``) or min: -inf/+inf, or the integer limits."""
+    if dtype.is_floating_point:
+        return float("-inf") if low else float("inf")
+    info = torch.iinfo(dtype)
+    return info.min if low else info.max
+
+
+def new_tensor(function: str, shape, dtype: torch.dtype, *values) -> ir.Expr:
+    """``torch.empty/zeros/full(shape, *values, dtype=..., device=x0.device)``; ``shape`` is a
+    ``Const`` tuple or an ``ir.Tuple`` of sizes read from tensors."""
+    keywords = (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(DEVICE_OF), "device")))
+    return ir.Call(function, (shape, *(v if isinstance(v, ir.Const) else ir.Const(v) for v in values)), keywords)
+
+
+def sized(shape: tuple[int, ...], axes) -> ir.Const:
+    """A shape of planned sizes, recording the axes it came from."""
+    return ir.Const(tuple(shape), frozenset(axes))
+
+
+def _reduced_by(reducer: str, source: ir.Expr, dims: tuple[int, ...], dtype: torch.dtype) -> ir.Expr:
+    arg = ir.Const(dims[0] if len(dims) == 1 else dims)
+    if reducer == "sum":
+        return sum_over(source, dims, dtype)
+    if reducer == "mean":
+        integer = not (dtype.is_floating_point or dtype.is_complex)
+        kwargs = (("dtype", ir.Const(clause_dtype("mean", dtype))),) if integer else ()
+        return ir.Method(source, "mean", (arg,), kwargs)
+    return ir.Call(REDUCE_CALLS[reducer], (source, arg))
+
+
+def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype, names: Names, free=frozenset()):
+    """One clause applied to ``value``; returns (statements, result values).
+
+    ``free``: axes of ``value`` whose size is read at run time (a chunk's rows).
+    """
+    dims = tuple(value.axes.index(a) for a in ids)
+    rest = tuple(a for a in value.axes if a not in ids)
+    if reducer in ("max", "min", "argmax", "argmin") and numel(sizes, ids) == 0:
+        raise EinplanError(f"cannot take {reducer} over axes {' '.join(ids)} of size 0")
+    source = ir.Var(value.var)
+    if reducer not in ARG_REDUCERS:
+        var = names.fresh()
+        return [ir.Assign(var, _reduced_by(reducer, source, dims, dtype), f"reduce: {reducer} {' '.join(ids)}")], [Value(var, rest)]
+    if len(ids) == 1:
+        var = names.fresh()
+        return [ir.Assign(var, ir.Method(source, reducer, (ir.Const(dims[0]),)), f"reduce: {reducer} {ids[0]}")], [Value(var, rest)]
+    moved = ir.permute(source, tuple(value.axes.index(a) for a in rest + ids))
+    flat = ir.Method(moved, "flatten", (ir.Const(len(rest)), ir.Const(-1)))
+    index = names.fresh()
+    flat_index = ir.Assign(index, ir.Method(flat, reducer, (ir.Const(-1),)), f"reduce: {reducer} over ({' '.join(ids)}) flattened")
+    statements, parts = index_per_axis(index, ids, rest, sizes, names)
+    return [flat_index] + statements, parts
+
+
+def index_per_axis(index: str, ids, rest, sizes, names: Names) -> tuple[list, list[Value]]:
+    """Unravel the flat ``index`` over ``ids``: one index value per axis; returns (statements, values)."""
+    var = names.fresh()
+    shape = sized(tuple(sizes[a] for a in ids), ids)
+    statements = [ir.Assign(var, ir.Call("torch.unravel_index", (ir.Var(index), shape)), "one index tensor per axis")]
+    values = []
+    for k, axis in enumerate(ids):
+        part = names.fresh()
+        statements.append(ir.Assign(part, ir.Index(ir.Var(var), (k,)), f"index along {axis}"))
+        values.append(Value(part, rest))
+    return statements, values
+
+
+def apply_clauses(value: Value, clauses, sizes, dtype: torch.dtype, names: Names, free=frozenset()) -> tuple[list, list[Value]]:
+    """Clauses applied in order to a value that exists in full (or to one chunk of it)."""
+    statements: list = []
+    values = [value]
+    for reducer, ids in clauses:
+        (current,) = values
+        more, values = reduce_clause(current, reducer, ids, sizes, dtype, names, free)
+        statements.extend(more)
+        dtype = clause_dtype(reducer, dtype)
+    return statements, values
+
+
+def running_start(var: str, reducer: str, shape, dtype: torch.dtype) -> ir.Assign:
+    """``var`` = the identity of a running max/min/logsumexp/sum of ``shape``."""
+    if reducer in ("max", "min"):
+        return ir.Assign(var, new_tensor("torch.full", shape, dtype, extreme(dtype, reducer == "max")), f"running {reducer}")
+    if reducer == "logsumexp":
+        return ir.Assign(var, new_tensor("torch.full", shape, clause_dtype("logsumexp", dtype), float("-inf")), "running logsumexp")
+    return ir.Assign(var, new_tensor("torch.zeros", shape, dtype), "running sum")
+
+
+def fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: Names, piece: str) -> list:
+    """Reduce ``value`` over ``ids`` and fold the result into the running ``acc``."""
+    dims = tuple(value.axes.index(x) for x in ids)
+    part = names.fresh("part")
+    if reducer in MERGE_CALLS:
+        merge = ir.Call(MERGE_CALLS[reducer], (ir.Var(acc), ir.Var(part)))
+    else:  # sum, mean
+        merge = ir.BinOp("+", ir.Var(acc), ir.Var(part))
+    partial = _reduced_by("sum" if reducer == "mean" else reducer, ir.Var(value.var), dims, dtype)
+    return [
+        ir.Assign(part, partial, f"{reducer} of this {piece}"),
+        ir.Assign(acc, merge, "combine"),
+    ]
+
+
+def strictly_better(reducer: str, values: ir.Expr, best: ir.Expr) -> ir.Expr:
+    """``values`` beat the running ``best`` of an argmax/argmin: strictly (ties keep the first), or NaN."""
+    beats = ">" if reducer in ("max", "argmax") else "<"
+    nan = ir.BinOp("&", ir.BinOp("!=", values, values), ir.BinOp("==", best, best))
+    return ir.BinOp("|", ir.BinOp(beats, values, best), nan)
