@@ -62,8 +62,7 @@ def run_case(title: str, pattern: str, einplan_fn, peers: dict, reference: str, 
         t = timings[name]
         ratio = "" if name == EINPLAN or base is None else f"{base.median_us / t.median_us:.2f}"
         print(
-            f"  {name:<46}{fmt_us(t.median_us):>11}{fmt_us(t.iqr_us):>11}{fmt_us(t.min_us):>11}{ratio:>14}"
-            f"{f'{t.samples} x {t.number}':>17}"
+            f"  {name:<46}{fmt_us(t.median_us):>11}{fmt_us(t.iqr_us):>11}{fmt_us(t.min_us):>11}{ratio:>14}{f'{t.samples} x {t.number}':>17}"
         )
     return {name: timings.get(name) for name in [EINPLAN, *peers]}
 
@@ -71,8 +70,7 @@ def run_case(title: str, pattern: str, einplan_fn, peers: dict, reference: str, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=1.5, help="seconds of sampling per candidate")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads(N) first (default: leave torch's default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: leave torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

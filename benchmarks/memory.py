@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import Callable, Optional
+from collections.abc import Callable
 
 MiB = 1 << 20
 
@@ -102,19 +102,17 @@ def measure_in_subprocess(setup: str, call: str, warmup: str = "", timeout: floa
         call=textwrap.indent(textwrap.dedent(call).strip(), "    "),
     )
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", source], capture_output=True, text=True, timeout=timeout
-        )
+        proc = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("MEMORY-REPORT "):
-            return json.loads(line[len("MEMORY-REPORT "):])
+            return json.loads(line[len("MEMORY-REPORT ") :])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": f"exit {proc.returncode}: {tail}"}
 
 
-def fmt_bytes(n: Optional[float]) -> str:
+def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "n/a"
     if n >= 1 << 30:

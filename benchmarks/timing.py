@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
@@ -64,7 +64,7 @@ def _stats(per_call_s: list[float], number: int) -> Timing:
 
 
 def time_many(
-    fns: Dict[str, Callable[[], object]],
+    fns: dict[str, Callable[[], object]],
     *,
     warmup: int = 3,
     min_sample_s: float = 2e-3,
@@ -72,7 +72,7 @@ def time_many(
     min_repeat: int = 3,
     max_repeat: int = 25,
     warm: Iterable[str] = (),
-) -> Dict[str, Timing]:
+) -> dict[str, Timing]:
     """Time several candidates with interleaved samples.
 
     ``budget_s`` is the rough time spent sampling each candidate; the number of
@@ -83,9 +83,9 @@ def time_many(
     Candidates named in ``warm`` skip the warm-up calls (they have just run).
     """
     names = list(fns)
-    samples: Dict[str, list[float]] = {}
-    number: Dict[str, int] = {}
-    repeat: Dict[str, int] = {}
+    samples: dict[str, list[float]] = {}
+    number: dict[str, int] = {}
+    repeat: dict[str, int] = {}
     for name in names:
         fn = fns[name]
         for _ in range(0 if name in warm else warmup):
@@ -107,7 +107,7 @@ def time_many(
     rounds = max(repeat.values()) if repeat else 0
     for r in range(rounds):
         # rotate the order each round so no candidate always runs first
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             if len(samples[name]) < repeat[name]:
                 samples[name].append(_sample(fns[name], number[name]))
@@ -127,7 +127,7 @@ def max_rel_error(got, ref) -> float:
     if isinstance(ref, (tuple, list)):
         if not isinstance(got, (tuple, list)) or len(got) != len(ref):
             return math.inf
-        return max((max_rel_error(g, r) for g, r in zip(got, ref)), default=0.0)
+        return max((max_rel_error(g, r) for g, r in zip(got, ref, strict=True)), default=0.0)
     got = torch.as_tensor(got)
     ref = torch.as_tensor(ref)
     if got.shape != ref.shape:
@@ -156,7 +156,7 @@ def same_result(got, ref, rtol: float = 1e-4) -> tuple[bool, str]:
     return False, f"rel. error {err:.1e} > {rtol:.0e}"
 
 
-def fmt_us(us: Optional[float]) -> str:
+def fmt_us(us: float | None) -> str:
     """A time in microseconds, human width (us, ms or s)."""
     if us is None or math.isnan(us):
         return "n/a"
