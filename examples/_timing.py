@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 BUDGET = float(os.environ.get("EINPLAN_EXAMPLES_BUDGET", "0.05"))
 
 
-def per_call(fn: Callable, *args, budget: Optional[float] = None, repeat: int = 3) -> float:
+def per_call(fn: Callable, *args, budget: float | None = None, repeat: int = 3) -> float:
     """Seconds per call of ``fn(*args)``: batches of calls long enough to time, best of ``repeat``."""
     budget = BUDGET if budget is None else budget
     start = time.perf_counter()

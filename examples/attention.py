@@ -14,8 +14,8 @@ import math
 import torch
 
 import einplan
-from einplan import EinplanError, bl
 from _timing import per_call, report
+from einplan import EinplanError, bl
 
 SCORES = "b q (h d), b k (h d) -> b h q k"
 NORMALISER = "b q (h d), b k (h d) -> b h q | logsumexp k"
@@ -82,9 +82,9 @@ torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 torch.testing.assert_close(out, attention_einsum(x_q, x_k, x_v, heads)[0], atol=1e-5, rtol=1e-4)
 torch.testing.assert_close(
     out,
-    torch.nn.functional.scaled_dot_product_attention(
-        *(x.reshape(batch, tokens, heads, dim).transpose(1, 2) for x in (x_q, x_k, x_v))
-    ).transpose(1, 2).reshape(batch, tokens, heads * dim),
+    torch.nn.functional.scaled_dot_product_attention(*(x.reshape(batch, tokens, heads, dim).transpose(1, 2) for x in (x_q, x_k, x_v)))
+    .transpose(1, 2)
+    .reshape(batch, tokens, heads * dim),
     atol=1e-5,
     rtol=1e-4,
 )

@@ -8,8 +8,8 @@ one matmul against A's transpose (a view), so A is never expanded or copied.
 import torch
 
 import einplan
-from einplan import bl
 from _timing import per_call, report
+from einplan import bl
 
 
 def inefficient_matmul(A, B):
@@ -41,7 +41,7 @@ torch.testing.assert_close(bl("b n 1, m n -> b m", B1, A), C)
 # Keep the plan: a kernel whose batch axis may change size between calls.
 matvec = einplan.kernel(pattern, B, A, dynamic="b", name="matvec")
 print("\nthe kernel's function (b is dynamic, so its annotation leaves b free):")
-print(matvec.source[matvec.source.index("def matvec"):])
+print(matvec.source[matvec.source.index("def matvec") :])
 for rows in (17, 64, 100):
     torch.testing.assert_close(matvec(B[:rows], A), inefficient_matmul(A, B[:rows]), atol=1e-4, rtol=1e-4)
 

@@ -49,8 +49,14 @@ x = torch.randn(100, 500)
 M = torch.randn(1000, 500)
 
 checks = [
-    ("quad", kernels.quad, (l, A, l), lambda l, A, r: (l[..., None, :] @ A @ r[..., None]).squeeze(-1).squeeze(-1),
-     (l, A, l), "xyn,nm,xym->xy"),
+    (
+        "quad",
+        kernels.quad,
+        (l, A, l),
+        lambda l, A, r: (l[..., None, :] @ A @ r[..., None]).squeeze(-1).squeeze(-1),
+        (l, A, l),
+        "xyn,nm,xym->xy",
+    ),
     ("dot", kernels.dot, (l, r), lambda a, b: (a[..., None, :] @ b[..., None]).squeeze(), (l, r), "xyn,xyn->xy"),
     ("matvec", kernels.matvec, (x, M), lambda v, m: torch.matmul(m, v.transpose(0, 1)).transpose(0, 1), (x, M), "bn,mn->bm"),
 ]

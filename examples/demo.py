@@ -18,5 +18,7 @@ reference = torch.einsum("xyn,nm,xym->xy", l, A, l)
 error = (out - reference).abs().max().item()
 print(f"result {tuple(out.shape)}, max |einplan - torch.einsum| = {error:.3g}")
 assert error < 1e-9, error
-print("einsum's reading of the same letters (diagonal):",
-      f"{torch.einsum('xyn,nn,xyn->xy', l, A, l)[0, 0].item():.6f} vs einplan {out[0, 0].item():.6f}")
+print(
+    "einsum's reading of the same letters (diagonal):",
+    f"{torch.einsum('xyn,nn,xyn->xy', l, A, l)[0, 0].item():.6f} vs einplan {out[0, 0].item():.6f}",
+)

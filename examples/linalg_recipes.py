@@ -10,8 +10,8 @@ dot products on its CPU; the last table times both, forced, on this machine.
 import torch
 
 import einplan
-from einplan import bl
 from _timing import per_call, report
+from einplan import bl
 
 torch.manual_seed(0)
 b1, b2, m, n, p = 80, 20, 16, 64, 24
@@ -27,20 +27,25 @@ A2 = torch.rand(n, n)  # one matrix shared across the batch
 
 # name, einplan pattern, operands, the seed's recipe (naive), torch.einsum equation
 recipes = [
-    ("GEMM", "b1 b2 m n, b1 b2 n p -> b1 b2 m p", (l_mat, r_mat),
-     lambda l, r: l @ r, "xymn,xynp->xymp"),
-    ("GEMV", "b1 b2 m n, b1 b2 n -> b1 b2 m", (l_mat, r_vec),
-     lambda l, r: (l @ r[..., None]).squeeze(-1), "xymn,xyn->xym"),
-    ("vector-matrix", "b1 b2 m, b1 b2 m n -> b1 b2 n", (l_vec, l_mat),
-     lambda l, r: (l[..., None, :] @ r).squeeze(-2), "xym,xymn->xyn"),
-    ("dot", "b1 b2 n, b1 b2 n -> b1 b2", (v, w),
-     lambda l, r: (l[..., None, :] @ r[..., None]).squeeze(), "xyn,xyn->xy"),
-    ("outer", "b1 b2 m, b1 b2 n -> b1 b2 m n", (l_vec, v),
-     lambda l, r: l[..., None] @ r[..., None, :], "xym,xyn->xymn"),
-    ("quadratic form, shared A", "b1 b2 n, n n, b1 b2 n -> b1 b2", (v, A2, v),
-     lambda l, A, r: (l[..., None, :] @ A @ r[..., None]).squeeze(-1).squeeze(-1), "xyn,nm,xym->xy"),
-    ("quadratic form, A per batch", "b1 b2 n, b1 b2 n n, b1 b2 n -> b1 b2", (v, A1, v),
-     lambda l, A, r: (l[..., None, :] @ A @ r[..., None]).squeeze(-1).squeeze(-1), "xyn,xynm,xym->xy"),
+    ("GEMM", "b1 b2 m n, b1 b2 n p -> b1 b2 m p", (l_mat, r_mat), lambda l, r: l @ r, "xymn,xynp->xymp"),
+    ("GEMV", "b1 b2 m n, b1 b2 n -> b1 b2 m", (l_mat, r_vec), lambda l, r: (l @ r[..., None]).squeeze(-1), "xymn,xyn->xym"),
+    ("vector-matrix", "b1 b2 m, b1 b2 m n -> b1 b2 n", (l_vec, l_mat), lambda l, r: (l[..., None, :] @ r).squeeze(-2), "xym,xymn->xyn"),
+    ("dot", "b1 b2 n, b1 b2 n -> b1 b2", (v, w), lambda l, r: (l[..., None, :] @ r[..., None]).squeeze(), "xyn,xyn->xy"),
+    ("outer", "b1 b2 m, b1 b2 n -> b1 b2 m n", (l_vec, v), lambda l, r: l[..., None] @ r[..., None, :], "xym,xyn->xymn"),
+    (
+        "quadratic form, shared A",
+        "b1 b2 n, n n, b1 b2 n -> b1 b2",
+        (v, A2, v),
+        lambda l, A, r: (l[..., None, :] @ A @ r[..., None]).squeeze(-1).squeeze(-1),
+        "xyn,nm,xym->xy",
+    ),
+    (
+        "quadratic form, A per batch",
+        "b1 b2 n, b1 b2 n n, b1 b2 n -> b1 b2",
+        (v, A1, v),
+        lambda l, A, r: (l[..., None, :] @ A @ r[..., None]).squeeze(-1).squeeze(-1),
+        "xyn,xynm,xym->xy",
+    ),
 ]
 
 for name, pattern, operands, naive, equation in recipes:

@@ -11,8 +11,8 @@ import sys
 import torch
 
 import einplan
-from einplan import EinplanError, bl
 from _timing import per_call, report
+from einplan import EinplanError, bl
 
 
 def max_inner_product_naive(A, B):

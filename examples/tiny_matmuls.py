@@ -11,8 +11,8 @@ written-out version, multiply+sum and torch.einsum on this machine.
 import torch
 
 import einplan
-from einplan import EinplanError, bl
 from _timing import per_call, report
+from einplan import EinplanError, bl
 
 
 def fast_2x2_bmm(a, b):
