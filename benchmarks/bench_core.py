@@ -67,14 +67,7 @@ def run_case(title: str, pattern: str, einplan_fn, peers: dict, reference: str, 
     return {name: timings.get(name) for name in [EINPLAN, *peers]}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=1.5, help="seconds of sampling per candidate")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: leave torch's default)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def print_header() -> None:
     info = machine_summary()
     print(
         f"einplan {getattr(einplan, '__version__', '?')}, torch {info['torch']}, {info['threads']} threads, "
@@ -85,13 +78,14 @@ def main(argv=None) -> int:
     warning = contention_warning()
     if warning:
         print(warning)
-    torch.manual_seed(0)
 
-    # (a) cached-call overhead, 4x4
+
+def overhead_case(budget_s: float) -> dict:
+    """(a) cached-call overhead, 4x4."""
     a = torch.randn(4, 4)
     b = torch.randn(4, 4)
     p_a = "b n, m n -> b m"
-    overhead = run_case(
+    return run_case(
         "(a) cached-call overhead, 4x4 float32",
         p_a,
         lambda: einplan.bl(p_a, a, b),
@@ -102,14 +96,16 @@ def main(argv=None) -> int:
             "a @ b.T": lambda: a @ b.T,
         },
         reference="a @ b.T",
-        budget_s=args.budget,
+        budget_s=budget_s,
     )
 
-    # (b) seed-001 quadratic form, shared A
+
+def quadratic_form_case(budget_s: float) -> dict:
+    """(b) seed-001 quadratic form, shared A."""
     l = torch.randn(80, 20, 64)
     A = torch.randn(64, 64)
     p_b = "b1 b2 n, n n, b1 b2 n -> b1 b2"
-    quad = run_case(
+    return run_case(
         "(b) quadratic form lᵀAl, l 80x20x64, A 64x64 shared, float32",
         p_b,
         lambda: einplan.bl(p_b, l, A, l),
@@ -119,9 +115,11 @@ def main(argv=None) -> int:
             'torch.einsum("xyn,nm,xym->xy")': lambda: torch.einsum("xyn,nm,xym->xy", l, A, l),
         },
         reference="((l @ A) * l).sum(-1)",
-        budget_s=args.budget,
+        budget_s=budget_s,
     )
 
+
+def print_verdicts(overhead: dict, quad: dict) -> None:
     print("\nissue 2, 'Done when' (verdicts from medians):")
     ours, theirs = overhead[EINPLAN], overhead['torch.einsum("bn,mn->bm")']
     if ours is None or theirs is None:
@@ -144,6 +142,20 @@ def main(argv=None) -> int:
             f"torch.einsum {theirs.median_us:.1f} us (speed-up {speedup:.2f}x, need >= 2.50x; fastest samples: "
             f"{ours.min_us:.1f} vs {theirs.min_us:.1f} us, speed-up {theirs.min_us / ours.min_us:.2f}x)"
         )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=1.5, help="seconds of sampling per candidate")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: leave torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_header()
+    torch.manual_seed(0)
+    overhead = overhead_case(args.budget)
+    quad = quadratic_form_case(args.budget)
+    print_verdicts(overhead, quad)
     return 0
 
 
