@@ -12,7 +12,7 @@ import torch
 import einplan
 from einplan import bl
 from einplan.plan import CHUNK_BYTES, CHUNKED
-from einplan.chunks import ONE_PASS_CHUNK_BYTES, ROW_TILE_BYTES
+from einplan.chunking import ONE_PASS_CHUNK_BYTES, ROW_TILE_BYTES
 from einplan.runtime import plan_for
 
 MiB = 2**20

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import einplan
-from einplan.chunks import TILE_COLUMNS, TILE_WIDTH
+from einplan.chunking import TILE_COLUMNS, TILE_WIDTH
 from conftest import (
     ALL_LOWERINGS,
     IMPLEMENTED,

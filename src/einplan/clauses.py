@@ -11,7 +11,7 @@ import torch
 
 from . import ir
 from .errors import EinplanError
-from .lowerings import Names, Value, numel, sum_over
+from .contraction import Names, Value, numel, sum_over
 
 REDUCE_CALLS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
 MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "torch.logaddexp"}

@@ -197,10 +197,8 @@ def _median_seconds(fn, repeat: int = 15) -> float:
     return times[len(times) // 2]
 
 
-def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
-    """Measure this machine's constants with a handful of small torch kernels."""
-    kind = torch.device(device).type
-    base = DEFAULTS.get(kind, CPU)
+def _timer(kind: str, quick: bool):
+    """``timed(fn, repeat)``: the median seconds of one call, synchronised on a GPU."""
     sync = torch.cuda.synchronize if kind == "cuda" else (lambda: None)
 
     def timed(fn, repeat=15):
@@ -210,9 +208,11 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
 
         return _median_seconds(run, 5 if quick else repeat)
 
-    opts = dict(device=device, dtype=torch.float32)
-    one = torch.ones(1, **opts)
-    op_overhead = timed(lambda: one * one, 200)
+    return timed
+
+
+def _gemm_constants(timed, opts, op_overhead: float, quick: bool) -> dict:
+    """The GEMM rate, how it falls off for small matrices, and the cost of each matrix of a batch."""
     n = 512 if quick else 1024
     a, b = torch.randn(n, n, **opts), torch.randn(n, n, **opts)
     gemm_rate = 2 * n**3 / max(timed(lambda: a @ b) - op_overhead, 1e-9)
@@ -226,24 +226,29 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     t1, t2 = torch.randn(count, 8, 8, **opts), torch.randn(count, 8, 8, **opts)
     eight = 2 * 8**3 / (gemm_rate * (8 / (8 + gemm_half)) ** 3)  # what the GEMM term already charges
     matrix_overhead = max((timed(lambda: torch.bmm(t1, t2)) - op_overhead) / count - eight, 1e-10)
-    big = 1 << (22 if quick else 24)
-    x, y = torch.randn(big, **opts), torch.randn(big, **opts)
-    bandwidth = 3 * big * 4 / max(timed(lambda: x * y) - op_overhead, 1e-9)
-    loop = {}  # tiny matrices (the loop kernel), few enough to stay in cache: seconds per matrix
+    return {"gemm_rate": gemm_rate, "gemm_half": gemm_half, "matrix_overhead": matrix_overhead}
+
+
+def _loop_constants(timed, opts, op_overhead: float, base: DeviceModel) -> dict:
+    """Tiny matrices (torch's loop kernel), few enough to stay in cache: per matrix, FMA, output."""
+    loop = {}
     few = 4096
     for shape in ((1, 1, 1), (1, 1, 33), (6, 6, 1)) if base.loop_limit else ():
         m_, n_, k_ = shape
         l1, l2 = torch.randn(few, m_, k_, **opts), torch.randn(few, k_, n_, **opts)
         loop[shape] = (timed(lambda: torch.bmm(l1, l2), 50) - op_overhead) / few
-    loop_fma, loop_output, loop_matrix = base.loop_fma, base.loop_output, base.loop_matrix
-    if loop:
-        loop_fma = max((loop[1, 1, 33] - loop[1, 1, 1]) / 32, 1e-12)
-        loop_output = max((loop[6, 6, 1] - loop[1, 1, 1] - 35 * loop_fma) / 35, 1e-12)
-        loop_matrix = max(loop[1, 1, 1] - loop_fma - loop_output, 1e-12)
-    screen_rate = 0.0
-    if kind == "cpu":  # the bfloat16 GEMM of a screen: a tile of the P5 shape
-        h1, h2 = torch.randn(2048, 128).bfloat16(), torch.randn(128, 1024).bfloat16()
-        screen_rate = 2 * 2048 * 1024 * 128 / max(timed(lambda: h1 @ h2) - op_overhead, 1e-9)
+    if not loop:
+        return {"loop_fma": base.loop_fma, "loop_output": base.loop_output, "loop_matrix": base.loop_matrix}
+    loop_fma = max((loop[1, 1, 33] - loop[1, 1, 1]) / 32, 1e-12)
+    loop_output = max((loop[6, 6, 1] - loop[1, 1, 1] - 35 * loop_fma) / 35, 1e-12)
+    return {"loop_fma": loop_fma, "loop_output": loop_output, "loop_matrix": max(loop[1, 1, 1] - loop_fma - loop_output, 1e-12)}
+
+
+def _memory_constants(timed, opts, op_overhead: float, quick: bool) -> dict:
+    """Bandwidth, the speed-up in cache, and the rates of long and short reductions."""
+    big = 1 << (22 if quick else 24)
+    x, y = torch.randn(big, **opts), torch.randn(big, **opts)
+    bandwidth = 3 * big * 4 / max(timed(lambda: x * y) - op_overhead, 1e-9)
     cached = 1 << 14
     u, v = x[:cached].clone(), y[:cached].clone()
     cache_speedup = max(1.0, 3 * cached * 4 / max(timed(lambda: u * v, 100) - op_overhead, 1e-9) / bandwidth)
@@ -254,22 +259,30 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     # ... and a short one its cost per output
     short = x[: big // 4].reshape(-1, 4)
     short_time = timed(lambda: short.sum(-1)) - op_overhead - short.numel() * 4 / bandwidth
-    reduce_overhead = max(short_time / short.shape[0], 1e-12)
-    return replace(
-        base,
-        op_overhead=op_overhead,
-        gemm_rate=gemm_rate,
-        gemm_half=gemm_half,
-        matrix_overhead=matrix_overhead,
-        reduce_overhead=reduce_overhead,
-        elementwise_rate=elementwise_rate,
-        bandwidth=bandwidth,
-        cache_speedup=cache_speedup,
-        loop_matrix=loop_matrix,
-        loop_fma=loop_fma,
-        loop_output=loop_output,
-        screen_rate=screen_rate,
-    )
+    return {
+        "bandwidth": bandwidth,
+        "cache_speedup": cache_speedup,
+        "elementwise_rate": elementwise_rate,
+        "reduce_overhead": max(short_time / short.shape[0], 1e-12),
+    }
+
+
+def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
+    """Measure this machine's constants with a handful of small torch kernels."""
+    kind = torch.device(device).type
+    base = DEFAULTS.get(kind, CPU)
+    timed = _timer(kind, quick)
+    opts = dict(device=device, dtype=torch.float32)
+    one = torch.ones(1, **opts)
+    op_overhead = timed(lambda: one * one, 200)
+    constants = _gemm_constants(timed, opts, op_overhead, quick)
+    constants.update(_loop_constants(timed, opts, op_overhead, base))
+    constants.update(_memory_constants(timed, opts, op_overhead, quick))
+    screen_rate = 0.0
+    if kind == "cpu":  # the bfloat16 GEMM of a screen: a tile of the P5 shape
+        h1, h2 = torch.randn(2048, 128).bfloat16(), torch.randn(128, 1024).bfloat16()
+        screen_rate = 2 * 2048 * 1024 * 128 / max(timed(lambda: h1 @ h2) - op_overhead, 1e-9)
+    return replace(base, op_overhead=op_overhead, screen_rate=screen_rate, **constants)
 
 
 def tune(device: str = "cpu", quick: bool = False) -> tuple[DeviceModel, Path]:

@@ -14,31 +14,14 @@ from typing import Optional
 
 import opt_einsum
 
-from . import chunks, ir, screen
+from . import chunking as cutting, chunks, ir, screen
 from .bind import Bound
-from .chunks import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
+from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
 from .clauses import apply_clauses, clause_dtype
 from .cost import DeviceModel, Estimate, load_model
 from .errors import EinplanError
-from .lowerings import (
-    CHUNKED,
-    ELEMENTWISE,
-    LOWERINGS,
-    MATMUL,
-    REGISTRY,
-    UNROLLED,
-    Candidate,
-    Context,
-    Contraction,
-    Names,
-    Options,
-    Value,
-    assign_result,
-    choose,
-    describe,
-    numel,
-    sum_over,
-)
+from .contraction import Candidate, Context, Contraction, Names, Options, Value, assign_result, numel, sum_over
+from .lowerings import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose
 
 __all__ = [
     "CHUNKED",
@@ -245,7 +228,7 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, estimate: Esti
     """The last step in chunks, when it is worth it: (step, result values, clauses left), or None."""
     context, clauses = planning.context, planning.clauses
     job = Job(step, clauses, planning.bound.output_axes, tuple(f"x{k}" for k in range(len(planning.bound.operands))), planning.bound.device)
-    chunking = chunks.price(job, context, min(planning.limit, CHUNK_BYTES))
+    chunking = cutting.price(job, context, min(planning.limit, CHUNK_BYTES))
     if chunking is None:
         return None
     price = chunking.estimate(clauses)

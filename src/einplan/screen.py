@@ -17,10 +17,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import ir
-from .chunks import Chunking, Job, Loops
+from .chunking import Chunking, Job
+from .chunks import Loops
 from .clauses import ARG_REDUCERS, MERGE_CALLS, REDUCE_CALLS, extreme, new_tensor, sized, strictly_better
 from .cost import Estimate
-from .lowerings import REGISTRY, Context, Value
+from .contraction import Context, Value
+from .lowerings import REGISTRY
 
 # screen only where a bfloat16 GEMM runs at least this much faster (the cost model then decides):
 # measured on a CPU whose bfloat16 GEMM ran 2.2x faster, the screen took 293 ms against 722 ms for

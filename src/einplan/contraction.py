@@ -1,0 +1,138 @@
+"""One contraction step as the lowerings see it: its operands, the axes it keeps, its sizes.
+
+A :class:`Contraction` is frozen: a lowering prices it and emits it from the
+same description.  :class:`Context` carries what emitting needs beside it (fresh
+names, the options, the device's constants).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+import torch
+
+from . import ir
+from .cost import DeviceModel, Estimate
+
+
+@dataclass(frozen=True)
+class Options:
+    lowering: Optional[str] = None  # force one lowering for every contraction step
+    memory_limit: Optional[int] = None  # bytes an intermediate may take
+    compiled: bool = False  # torch.compile will trace the code: a broadcast product and its sum fuse
+
+
+@dataclass(frozen=True)
+class Value:
+    """A tensor in the generated code: its variable and its axis ids, in order.
+
+    ``owned``: a fresh tensor of the plan's own (a matmul's result) that only the
+    next step reads, so that step may overwrite it instead of allocating.
+    """
+
+    var: str
+    axes: tuple[str, ...]
+    owned: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    lowering: str
+    estimate: Estimate
+    seconds: float
+
+
+class Names:
+    """Fresh variable names for generated code, by role and numbered in source order: t0, chunk1, ..."""
+
+    def __init__(self, count: int = 0):
+        self.count = count
+
+    def fresh(self, prefix: str = "t") -> str:
+        name = f"{prefix}{self.count}"
+        self.count += 1
+        return name
+
+
+@dataclass
+class Context:
+    """What emitting needs beside the step: fresh names, the options, the device's constants."""
+
+    names: Names
+    options: Options
+    model: DeviceModel
+
+    def forced(self, lowering: str) -> bool:
+        return self.options.lowering == lowering
+
+
+@dataclass(frozen=True)
+class Contraction:
+    """One step: ``a`` and ``b`` contracted to the axes in ``keep``.
+
+    ``rank`` orders the result's axes; ``free`` are the axes whose size the code
+    reads from the tensors when it runs (a chunk's rows): no number may bake them in.
+    """
+
+    a: Value
+    b: Value
+    keep: frozenset
+    sizes: Mapping[str, int]
+    rank: Callable[[str], tuple]
+    dtype: torch.dtype
+    free: frozenset = frozenset()
+
+    @property
+    def union(self) -> list[str]:
+        return list(dict.fromkeys(self.a.axes + self.b.axes))
+
+    @property
+    def kept(self) -> list[str]:
+        return sorted((x for x in self.union if x in self.keep), key=self.rank)
+
+    @property
+    def summed(self) -> list[str]:
+        return [x for x in self.union if x not in self.keep]
+
+    def numel(self, axes) -> int:
+        return numel(self.sizes, axes)
+
+    def fixed(self, axes) -> frozenset:
+        """The axes among ``axes`` whose sizes a number in the code may come from."""
+        return frozenset(axes) - self.free
+
+    def describe(self, output: Optional[tuple[str, ...]] = None) -> str:
+        return describe([self.a.axes, self.b.axes], tuple(self.kept) if output is None else output)
+
+
+@dataclass(frozen=True)
+class Lowered:
+    expr: ir.Expr  # the step's result, assigned to the step's variable
+    axes: tuple[str, ...]
+    setup: tuple = ()  # statements that run before (the unrolled terms)
+
+
+def describe(inputs, output) -> str:
+    """A step in pattern form: ``b n, n m -> b m``."""
+    return ", ".join(" ".join(a) for a in inputs) + " -> " + " ".join(output)
+
+
+def numel(sizes: Mapping[str, int], axes) -> int:
+    return math.prod(sizes[a] for a in axes)
+
+
+def sum_over(expr, dims: tuple[int, ...], dtype: torch.dtype):
+    """``expr.sum(dims)`` that keeps integer dtypes (torch promotes them to int64)."""
+    arg = ir.Const(dims[0] if len(dims) == 1 else dims)
+    kwargs = () if (dtype.is_floating_point or dtype.is_complex) else (("dtype", ir.Const(dtype)),)
+    return ir.Method(expr, "sum", (arg,), kwargs)
+
+
+def assign_result(lowered: Lowered, comment: str, names: Names, prefix: str = "t") -> tuple[str, tuple]:
+    """The lowering's statements ending in ``var = result``; returns (var, statements)."""
+    if lowered.setup and isinstance(lowered.expr, ir.Var):
+        return lowered.expr.name, lowered.setup  # the terms already built it in place
+    var = names.fresh(prefix)
+    return var, (*lowered.setup, ir.Assign(var, lowered.expr, comment))
