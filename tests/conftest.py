@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -239,7 +239,7 @@ def assert_matches(got, want: torch.Tensor, context: str = "") -> None:
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol * scale, msg=lambda m: f"{context}\n{m}")
 
 
-def call_bl(pattern: str, *tensors, lowering: Optional[str] = None, **kwargs):
+def call_bl(pattern: str, *tensors, lowering: str | None = None, **kwargs):
     """``einplan.bl`` with ``lowering`` forced.
 
     Skips the test if that lowering is not implemented yet, or if it is the
@@ -256,7 +256,7 @@ def call_bl(pattern: str, *tensors, lowering: Optional[str] = None, **kwargs):
         raise
 
 
-def lowering_id(lowering: Optional[str]) -> str:
+def lowering_id(lowering: str | None) -> str:
     return "default" if lowering is None else lowering
 
 

@@ -226,7 +226,7 @@ def check(pattern, equation, *tensors, **sizes):
         assert result.shape == expected.shape, (pattern, lowering)
         assert result.dtype == expected.dtype or not (expected.dtype.is_floating_point or expected.dtype.is_complex)
         assert torch.equal(result.to(expected.dtype), expected), (pattern, lowering)
-    for before, after in zip(snapshot, tensors):
+    for before, after in zip(snapshot, tensors, strict=True):
         assert torch.equal(before, after), "an input was modified"
 
 

@@ -16,7 +16,7 @@ import torch
 import einplan
 from einplan import EinplanError, PatternError, PatternSyntaxError, ShapeError, UnsupportedError
 from einplan.parse import MAX_PATTERN_LENGTH, parse
-from einplan.semantics import resolve
+from einplan.resolve import resolve
 
 
 def shown(text: str) -> str:
@@ -294,7 +294,7 @@ def test_every_entry_point_reports_the_same_error(pattern, cls, column, needles)
 
 
 def test_syntax_errors_come_from_the_parser_alone():
-    for pattern, cls, column, _ in SYNTAX:
+    for pattern, _kind, column, _ in SYNTAX:
         with pytest.raises(PatternSyntaxError) as info:
             parse(pattern)
         assert caret_column(str(info.value), pattern) == column

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import einplan
-from einplan import EinplanError, Kernel, ShapeError, kernel, runtime
+from einplan import EinplanError, Kernel, ShapeError, kernel, programs, resolve, runtime
+from einplan.explain import describe
 from einplan.kernels import module_source
 from einplan.plan import Plan
 
@@ -49,7 +50,7 @@ def test_kernel_matches_einsum_and_exposes_plan_and_source(quad_inputs):
     assert isinstance(quad, Kernel)
     torch.testing.assert_close(quad(l, A, l), quad_reference(l, A))
     assert isinstance(quad.plan_object, Plan)
-    explained = runtime.describe(quad.plan_object)
+    explained = describe(quad.plan_object)
     assert quad.plan.split("source:")[0] == explained.split("source:")[0]
     assert quad.plan.endswith(quad.source[quad.source.index("def quad("):].split("\n\n\n")[0])
     assert "primed:   b1 b2 n, n n', b1 b2 n' -> b1 b2" in quad.plan
@@ -81,9 +82,10 @@ def test_calls_do_not_parse_or_plan(monkeypatch, quad_inputs):
 
     kernel_module = sys.modules["einplan.kernels"]
 
-    monkeypatch.setattr(runtime, "make_plan", forbidden)
+    monkeypatch.setattr(programs, "make_plan", forbidden)
     monkeypatch.setattr(kernel_module, "bind", forbidden)
-    monkeypatch.setattr(einplan.semantics, "resolve", forbidden)
+    monkeypatch.setattr(resolve, "resolve", forbidden)
+    monkeypatch.setattr(programs, "resolve", forbidden)
     for _ in range(3):
         torch.testing.assert_close(quad(l, A, l), quad_reference(l, A))
 
@@ -92,7 +94,7 @@ def test_dynamic_axis_plans_once_per_size(monkeypatch, quad_inputs):
     l, A = quad_inputs
     # a forced lowering keeps one plan at every b1, whatever the cost model's constants
     quad = kernel(QUAD, l, A, l, dynamic="b1", lowering=einplan.MATMUL)
-    plans = count_calls(monkeypatch, runtime, "make_plan")
+    plans = count_calls(monkeypatch, programs, "make_plan")
     for rows in (3, 3, 5, 3, 5):
         torch.testing.assert_close(quad(l[:rows], A, l[:rows]), quad_reference(l[:rows], A))
     assert len(plans) == 2  # once for b1=3, once for b1=5
@@ -105,12 +107,26 @@ def test_size_independent_dynamic_axis_shares_one_function(monkeypatch):
     k = kernel("b n, m n -> b m", (4, 3), (5, 3), dynamic=["b"], lowering=einplan.MATMUL)
     assert "x0: Float[Tensor, 'b n=3']" in k.source
     assert "-> Float[Tensor, 'b m=5']" in k.source
-    compiled = count_calls(monkeypatch, runtime, "compile_source")
+    compiled = count_calls(monkeypatch, sys.modules["einplan.kernels"], "compile_source")
     A = torch.randn(5, 3)
     for rows in (1, 7, 30):
         x = torch.randn(rows, 3)
         torch.testing.assert_close(k(x, A), x @ A.T)
     assert not [source for source, _ in compiled if "torch.matmul" in source]  # no new kernel function
+
+
+def test_split_with_dynamic_batch_keeps_it_unpinned_and_shares_one_function():
+    # the code's reshape of x takes b from the tensor (-1 or unflatten): b stays symbolic
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 64, generator=g)
+    W = torch.randn(8, 8, 16, generator=g)
+    k = kernel("b (h d), h d e -> b h e", x, W, h=8, dynamic=("b",))
+    assert "x0: Float[Tensor, 'b h*d=64']" in k.source
+    assert "-> Float[Tensor, 'b h=8 e=16']" in k.source
+    for rows in (5, 17, 64):
+        xs = torch.randn(rows, 64, generator=g)
+        torch.testing.assert_close(k(xs, W), torch.einsum("bhd,hde->bhe", xs.reshape(rows, 8, 8), W))
+    assert len(k._table.functions) == 1  # one function for b = 32, 5, 17 and 64
 
 
 def test_other_size_of_a_fixed_axis_names_axis_and_planned_size(quad_inputs):
@@ -141,7 +157,7 @@ def test_dynamic_size_with_another_plan_is_rejected():
         return tuple(s.kind for s in runtime.plan_for("b n, b n -> b", (b, 4), (b, 4)).steps)
 
     sizes = [1, 2, 4, 16, 64, 256, 1024, 4096, 16384]
-    pair = next(((a, b) for a, b in zip(sizes, sizes[1:]) if kinds(a) != kinds(b)), None)
+    pair = next(((a, b) for a, b in zip(sizes, sizes[1:], strict=False) if kinds(a) != kinds(b)), None)
     if pair is None:
         pytest.skip("the cost model picks one lowering for every batch size here")
     small, large = pair
@@ -269,5 +285,5 @@ def test_kernel_planned_for_torch_compile(shipped_cost_model):
     # a dynamic axis re-plans with the same option
     smaller = kernel("b i j, b j k -> b i k", a, b, compiled=True, dynamic="b")
     torch.testing.assert_close(smaller(a[:300], b[:300]), torch.einsum("bij,bjk->bik", a[:300], b[:300]), rtol=1e-12, atol=1e-12)
-    replanned = smaller._program_for_shapes(((300, 3, 3), (300, 3, 3)))
-    assert replanned.plan.options.compiled and "torch.matmul" not in replanned.function_source
+    replanned = smaller._entry_for_shapes(((300, 3, 3), (300, 3, 3)))
+    assert replanned.plan.options.compiled and "torch.matmul" not in replanned.source

@@ -93,7 +93,7 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
         names = set(archive.namelist())
         assert "einplan/grammar/einplan.lark" in names, sorted(names)
         assert "einplan/__init__.py" in names
-        for module in ("parse", "semantics", "plan", "codegen", "runtime", "errors", "ir", "cost"):
+        for module in ("parse", "resolve", "bind", "signatures", "plan", "codegen", "source", "runtime", "kernels", "cli"):
             assert f"einplan/{module}.py" in names
         shipped = archive.read("einplan/grammar/einplan.lark").decode("utf-8")
         assert not any(name.startswith(("tests/", "src/")) for name in names)

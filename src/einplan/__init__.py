@@ -3,18 +3,20 @@
     >>> from einplan import bl
     >>> bl("b1 b2 n, n n, b1 b2 n -> b1 b2", l, A, l)   # batched quadratic form
 
-The pipeline, one module per stage: ``parse`` (grammar -> AST), ``semantics``
-(axes, primes, chains, sizes, jaxtyping check), ``plan`` (path, lowering per
-step, ``cost`` model), ``codegen`` (source), ``runtime`` (cache, ``bl``,
-``Kernel``) and ``cli``.
+The pipeline, one module per stage: ``parse`` (grammar -> AST), ``resolve``
+(primes, chains), ``bind`` (sizes), ``signatures`` (jaxtyping annotations and
+checks), ``plan`` (path, lowering per step, ``cost`` model), ``codegen`` and
+``source`` (source text), ``programs`` (the plan cache), ``tracing``
+(torch.compile), ``runtime`` (``bl``, ``code``), ``explain``, ``kernels`` and
+``cli``.
 """
 
 from .errors import EinplanError, PatternError, PatternSyntaxError, ShapeError, UnsupportedError
-from .plan import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, UNROLLED
-from .runtime import bl, cache_info, clear_cache, code, explain
+from .explain import explain  # noqa: E402  (binds the function over the module of that name)
 from .kernels import Kernel, kernel
-
-__version__ = "0.1.0"
+from .plan import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, UNROLLED
+from .runtime import bl, cache_info, clear_cache, code
+from .version import __version__
 
 __all__ = [
     "bl",

@@ -11,7 +11,6 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Union
 
 import lark
 
@@ -66,7 +65,7 @@ class Ellipsis_:
 class Group:
     """A composite axis ``(h d)``: one dim made of several."""
 
-    items: tuple["Axis", ...]
+    items: tuple[Axis, ...]
     column: int
 
     @property
@@ -74,7 +73,7 @@ class Group:
         return "(" + " ".join(item.text for item in self.items) + ")"
 
 
-Axis = Union[Name, Literal, Ellipsis_, Group]
+Axis = Name | Literal | Ellipsis_ | Group
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""Call signatures and the programs they map to.
+
+A call signature (pattern, each operand's shape, dtype and device, keyword
+sizes, options) maps to a :class:`Program`: the plan, the source rendered from
+it and the function compiled from that source.  ``bl`` keeps them in one
+least-recently-used cache (:data:`lookup`), which the trace-time look-up under
+torch.compile shares; a kernel keeps its own programs, made by :func:`program`.
+A cache hit costs one dict look-up, and since the key holds the exact shapes,
+the shape check already passed for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import plan as planner
+from .bind import bind
+from .cost import load_model
+from .errors import EinplanError, ShapeError
+from .resolve import resolve
+from .signatures import NO_AXES, jaxtyping_check
+from .source import FUNCTION_NAME, compile_source, render
+
+CACHE_SIZE = 4096  # plans kept (least recently used are dropped first)
+
+# The cached call's own steps, bound once: after a large op has flushed the CPU's caches, every
+# attribute look-up and Python frame on this path costs far more than in a tight loop (measured
+# after a 600 us GEMM: bl's look-up cost 20-30 us, of which these save about a third).
+is_compiling = torch.compiler.is_compiling  # torch.compile recognises the function itself
+metadata = operator.attrgetter("shape", "dtype", "device")  # one operand's part of a call signature
+
+
+@dataclass(frozen=True)
+class Program:
+    """A plan, the source rendered from it, and the function that source defines."""
+
+    plan: planner.Plan
+    source: str
+    function: Callable
+
+    def __call__(self, *tensors):
+        return self.function(*tensors)
+
+
+def program(plan: planner.Plan, name: str = FUNCTION_NAME, shapes=None, symbolic: frozenset = NO_AXES) -> Program:
+    """Render ``plan`` (see :func:`einplan.source.render`) and compile it."""
+    source = render(plan, name, shapes, symbolic)
+    return Program(plan, source, compile_source(source, name))
+
+
+# --- checking a call --------------------------------------------------------------------------------
+
+
+def check_signature(signature: tuple) -> None:
+    """On a cache miss: every operand is a tensor, all of one dtype and device."""
+    for k, (shape, dtype, device) in enumerate(signature):
+        if not (isinstance(shape, torch.Size) and isinstance(dtype, torch.dtype) and isinstance(device, torch.device)):
+            raise TypeError(f"einplan operand {k} is not a torch.Tensor")
+    if len({d for _, d, _ in signature}) > 1:
+        listed = ", ".join(f"operand {k} is {d}" for k, (_, d, _) in enumerate(signature))
+        raise EinplanError(f"all operands must share one dtype: {listed}")
+    if len({v for _, _, v in signature}) > 1:
+        listed = ", ".join(f"operand {k} is on {v}" for k, (_, _, v) in enumerate(signature))
+        raise EinplanError(f"all operands must be on one device: {listed}")
+
+
+def check_tensors(tensors) -> None:
+    """Every operand is a tensor, all of one dtype and device (TypeError / EinplanError if not)."""
+    for k, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"einplan operand {k} is a {type(t).__name__}, not a torch.Tensor")
+    check_signature(tuple((t.shape, t.dtype, t.device) for t in tensors))
+
+
+def check_sizes(sizes: dict) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ShapeError(f"size of axis {name!r} must be an int, got {value!r}")
+
+
+def shapes_of(tensors_or_shapes, dtype, device):
+    """Shapes, dtype and device from tensors, shapes (tuples, lists, torch.Size) or a mix."""
+    shapes, dtypes, devices = [], [], []
+    for k, item in enumerate(tensors_or_shapes):
+        if isinstance(item, torch.Tensor):
+            shapes.append(tuple(item.shape))
+            dtypes.append(item.dtype)
+            devices.append(item.device)
+        elif isinstance(item, (tuple, list, torch.Size)) and all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in item
+        ):
+            shapes.append(tuple(item))
+        else:
+            raise TypeError(f"operand {k}: expected a tensor or a shape (a tuple of ints), got {item!r}")
+    if len(set(dtypes)) > 1 or len(set(devices)) > 1:
+        check_tensors([t for t in tensors_or_shapes if isinstance(t, torch.Tensor)])
+    dtype = dtype or (dtypes[0] if dtypes else torch.float32)
+    device = torch.device(device) if device is not None else (devices[0] if devices else torch.device("cpu"))
+    return shapes, dtype, device
+
+
+# --- planning ------------------------------------------------------------------------------------------
+
+
+def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner.Options) -> planner.Plan:
+    """Pattern and shapes -> checked, bound and planned (no tensor data needed)."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"an einplan pattern is a str, not {type(pattern).__name__}")
+    resolved = resolve(pattern)
+    bound = bind(resolved, shapes, dtype, device, sizes)
+    jaxtyping_check(resolved, shapes, dtype)
+    return planner.build(bound, options, load_model(device))
+
+
+def build(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, compiled: bool = False) -> Program:
+    """The program for one call signature (what :data:`lookup` caches)."""
+    check_signature(signature)
+    shapes = [shape for shape, _, _ in signature]
+    dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
+    options = planner.Options(lowering, memory_limit, compiled)
+    return program(make_plan(pattern, shapes, dtype, device, dict(sizes), options))
+
+
+lookup = functools.lru_cache(maxsize=CACHE_SIZE)(build)
+
+
+def set_cache_size(size: int) -> None:
+    """Keep at most ``size`` plans (least recently used dropped first); clears the cache."""
+    global lookup
+    if not isinstance(size, int) or size < 1:
+        raise EinplanError(f"the plan cache size must be a positive int, got {size!r}")
+    lookup = functools.lru_cache(maxsize=size)(build)
+
+
+def cache_info():
+    """Hits, misses and size of the plan cache."""
+    return lookup.cache_info()
+
+
+def clear_cache() -> None:
+    lookup.cache_clear()
