@@ -13,8 +13,8 @@ of a clause's axis fold into a running max/min/logsumexp/sum), ``running-arg``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
 
 import torch
 
@@ -49,7 +49,7 @@ class Loops:
         self.names = context.names
         self.chunk = chunk_step(chunking)
         self.axes = REGISTRY[chunking.inner].result_axes(self.chunk)  # each chunk's result axes
-        self.buffer: Optional[str] = None
+        self.buffer: str | None = None
         self.lengths: dict[str, ir.Expr] = {}  # cut axis -> its length in this chunk, read from the chunk
 
     @property
@@ -83,7 +83,7 @@ class Loops:
         comment = f"{role}s of {length} along {axis}"
         return [ir.Loop(var, 0, stop, step, tuple(cuts + body(start, parts)), comment)]
 
-    def buffer_setup(self, dtype: Optional[torch.dtype] = None, grad: bool = True) -> list:
+    def buffer_setup(self, dtype: torch.dtype | None = None, grad: bool = True) -> list:
         """The reused out= buffer of the chunk's matmul (and the flag that turns it off under autograd)."""
         if not self.chunking.buffered:
             return []
@@ -91,7 +91,9 @@ class Loops:
         self.buffer = self.names.fresh("buffer")
         shape = tuple(self.chunk.sizes[x] for x in self.axes)
         size = human_bytes(math.prod(shape) * dtype.itemsize)
-        statements = [ir.Assign(self.buffer, new_tensor("torch.empty", sized(shape, self.size_tag()), dtype), f"{self.piece} buffer, {size}")]
+        statements = [
+            ir.Assign(self.buffer, new_tensor("torch.empty", sized(shape, self.size_tag()), dtype), f"{self.piece} buffer, {size}")
+        ]
         if grad:
             recording = ir.BoolOp("or", tuple(ir.Attr(ir.Var(x), "requires_grad") for x in self.job.inputs))
             flag = ir.BoolOp("and", (ir.Call("torch.is_grad_enabled", ()), recording))
@@ -157,7 +159,10 @@ def _emit_rows(loops: Loops) -> tuple[list, list[Value]]:
     def body(start, parts):
         computed, value = loops.contract(parts)
         more, values = apply_clauses(value, job.clauses, loops.chunk.sizes, chunking.step.dtype, names, loops.chunk.free)
-        writes = [ir.Assign(_rows_of(r, chunking.axis, start, rows), ir.Var(v.var), f"write rows of {chunking.axis}") for r, v in zip(results, values)]
+        writes = [
+            ir.Assign(_rows_of(r, chunking.axis, start, rows), ir.Var(v.var), f"write rows of {chunking.axis}")
+            for r, v in zip(results, values, strict=True)
+        ]
         return computed + more + writes
 
     return statements + loops.over_rows(loops.operands(), body), results
@@ -174,7 +179,9 @@ def _emit_row_tiles(loops: Loops) -> tuple[list, list[Value]]:
     result = Value(names.fresh("result"), (chunking.axis,))
     if not elided:
         shape = sized((chunking.total,), (chunking.axis,))
-        statements.append(ir.Assign(result.var, new_tensor("torch.empty", shape, clause_dtype(reducer, dtype)), "result, filled chunk by chunk"))
+        statements.append(
+            ir.Assign(result.var, new_tensor("torch.empty", shape, clause_dtype(reducer, dtype)), "result, filled chunk by chunk")
+        )
     rows = ir.Const(chunking.rows, loops.size_tag(chunking.axis))
 
     def body(start, parts):
@@ -247,7 +254,9 @@ def _emit_running_arg(loops: Loops) -> tuple[list, list[Value]]:
     rest_shape = sized(tuple(sizes[x] for x in rest), rest)
     statements = loops.buffer_setup()
     best, index = names.fresh("best"), names.fresh("index")
-    statements.append(ir.Assign(best, new_tensor("torch.full", rest_shape, dtype, extreme(dtype, reducer == "argmax")), f"running {reducer[3:]}"))
+    statements.append(
+        ir.Assign(best, new_tensor("torch.full", rest_shape, dtype, extreme(dtype, reducer == "argmax")), f"running {reducer[3:]}")
+    )
     tiled = chunking.column is not None
     beyond = ir.Const(numel(sizes, ids), frozenset(ids))  # past every flat index: the first tile always wins
     start = new_tensor("torch.full", rest_shape, torch.int64, beyond) if tiled else new_tensor("torch.zeros", rest_shape, torch.int64)
@@ -311,14 +320,25 @@ class _ArgFinder:
         stride = ir.Const(numel(sizes, self.ids[1:]), frozenset(self.ids[1:]))  # flat positions per row
         part = names.fresh("part")
         if len(self.ids) == 1:
-            found, first_row = [ir.Assign(part, ir.Method(moved, self.extreme, (ir.Const(-1),)), f"{self.extreme} of this chunk and where")], start
+            found, first_row = (
+                [ir.Assign(part, ir.Method(moved, self.extreme, (ir.Const(-1),)), f"{self.extreme} of this chunk and where")],
+                start,
+            )
         else:
             grid = ir.Method(moved, "flatten", (ir.Const(len(self.rest) + 1), ir.Const(-1))) if len(self.ids) > 2 else moved
             row = names.fresh("row")
             picked = ir.Call("torch.take_along_dim", (grid, ir.Index(ir.Var(row), (ir.ELLIPSIS, None, None))), (("dim", ir.Const(-2)),))
             found = [
-                ir.Assign(row, ir.Method(ir.Call(REDUCE_CALLS[self.extreme], (grid, ir.Const(-1))), self.reducer, (ir.Const(-1),)), f"the first row holding this chunk's {self.extreme}"),
-                ir.Assign(part, ir.Method(ir.Method(picked, "squeeze", (ir.Const(-2),)), self.extreme, (ir.Const(-1),)), f"{self.extreme} of that row and where"),
+                ir.Assign(
+                    row,
+                    ir.Method(ir.Call(REDUCE_CALLS[self.extreme], (grid, ir.Const(-1))), self.reducer, (ir.Const(-1),)),
+                    f"the first row holding this chunk's {self.extreme}",
+                ),
+                ir.Assign(
+                    part,
+                    ir.Method(ir.Method(picked, "squeeze", (ir.Const(-2),)), self.extreme, (ir.Const(-1),)),
+                    f"{self.extreme} of that row and where",
+                ),
             ]
             first_row = ir.plus(start, ir.Var(row))
         values, indices = ir.Attr(ir.Var(part), "values"), ir.Attr(ir.Var(part), "indices")
@@ -328,7 +348,7 @@ class _ArgFinder:
     def tile(self, parts, i: ir.Expr, j: ir.Expr) -> list:
         loops, names = self.loops, self.loops.names
         computed, value = loops.contract(parts)
-        scores = ir.Var(value.var)
+        scores: ir.Expr = ir.Var(value.var)
         if value.axes != self.ids:
             scores = ir.permute(scores, tuple(value.axes.index(x) for x in self.ids))
         part, column = names.fresh("part"), names.fresh("col")
@@ -338,7 +358,9 @@ class _ArgFinder:
         flat = ir.plus(ir.plus(ir.BinOp("*", ir.plus(i, row), width), j), ir.Var(column))
         rows_extreme = ir.Call(REDUCE_CALLS[self.extreme], (scores, ir.Const(-1)))
         return computed + [
-            ir.Assign(part, ir.Method(rows_extreme, self.extreme, (ir.Const(-1),)), f"this tile's {self.extreme} and the first row holding it"),
+            ir.Assign(
+                part, ir.Method(rows_extreme, self.extreme, (ir.Const(-1),)), f"this tile's {self.extreme} and the first row holding it"
+            ),
             ir.Assign(column, ir.Method(picked, self.reducer, ()), "its first place in that row"),
             *self._take(ir.Attr(ir.Var(part), "values"), flat, tie_break=True),
         ]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import ir
-from .errors import EinplanError
 from .contraction import Names, Value, numel, sum_over
+from .errors import EinplanError
 
 REDUCE_CALLS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
 MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "torch.logaddexp"}
@@ -121,6 +121,7 @@ def fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: N
     """Reduce ``value`` over ``ids`` and fold the result into the running ``acc``."""
     dims = tuple(value.axes.index(x) for x in ids)
     part = names.fresh("part")
+    merge: ir.Expr
     if reducer in MERGE_CALLS:
         merge = ir.Call(MERGE_CALLS[reducer], (ir.Var(acc), ir.Var(part)))
     else:  # sum, mean

@@ -8,8 +8,8 @@ names, the options, the device's constants).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -19,8 +19,8 @@ from .cost import DeviceModel, Estimate
 
 @dataclass(frozen=True)
 class Options:
-    lowering: Optional[str] = None  # force one lowering for every contraction step
-    memory_limit: Optional[int] = None  # bytes an intermediate may take
+    lowering: str | None = None  # force one lowering for every contraction step
+    memory_limit: int | None = None  # bytes an intermediate may take
     compiled: bool = False  # torch.compile will trace the code: a broadcast product and its sum fuse
 
 
@@ -103,7 +103,7 @@ class Contraction:
         """The axes among ``axes`` whose sizes a number in the code may come from."""
         return frozenset(axes) - self.free
 
-    def describe(self, output: Optional[tuple[str, ...]] = None) -> str:
+    def describe(self, output: tuple[str, ...] | None = None) -> str:
         return describe([self.a.axes, self.b.axes], tuple(self.kept) if output is None else output)
 
 

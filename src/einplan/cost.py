@@ -39,7 +39,7 @@ class DeviceModel:
     # large product; 0 where it is not fast (see reductions.SCREEN_MIN_SPEEDUP)
     screen_rate: float = 0.0
 
-    def breakdown(self, estimate: "Estimate") -> dict[str, float]:
+    def breakdown(self, estimate: Estimate) -> dict[str, float]:
         """Seconds per cost term: what a step's estimate is made of."""
         bandwidth = self.bandwidth
         if estimate.bytes <= self.cache_bytes:
@@ -56,7 +56,7 @@ class DeviceModel:
             "memory traffic": estimate.bytes / bandwidth,
         }
 
-    def seconds(self, estimate: "Estimate") -> float:
+    def seconds(self, estimate: Estimate) -> float:
         return sum(self.breakdown(estimate).values())
 
 
@@ -78,7 +78,7 @@ class Estimate:
     terms: float = 0.0
     memory: float = 0.0  # peak extra bytes the step allocates
 
-    def gemm_eff(self, model: DeviceModel, m: int, n: int, k: int) -> "Estimate":
+    def gemm_eff(self, model: DeviceModel, m: int, n: int, k: int) -> Estimate:
         """Short dims starve a GEMM: each of M, N, K costs efficiency d / (d + half)."""
         half = model.gemm_half
         efficiency = 1.0
@@ -158,9 +158,9 @@ def load_model(device: torch.device | str) -> DeviceModel:
     try:
         stored = json.loads(cache_file().read_text()).get(kind)
         if stored:
-            fields = {k: float(v) for k, v in stored.items() if k in DeviceModel.__dataclass_fields__ and k != "kind"}
+            fields: dict[str, float] = {k: float(v) for k, v in stored.items() if k in DeviceModel.__dataclass_fields__ and k != "kind"}
             if all(math.isfinite(v) and (v > 0 or (k == "screen_rate" and v == 0)) for k, v in fields.items()):
-                model = replace(model, **fields)
+                model = replace(model, **fields)  # type: ignore[arg-type]
     except (OSError, ValueError, TypeError, AttributeError):
         pass
     _loaded[kind] = model
@@ -272,7 +272,7 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     kind = torch.device(device).type
     base = DEFAULTS.get(kind, CPU)
     timed = _timer(kind, quick)
-    opts = dict(device=device, dtype=torch.float32)
+    opts: dict = {"device": device, "dtype": torch.float32}
     one = torch.ones(1, **opts)
     op_overhead = timed(lambda: one * one, 200)
     constants = _gemm_constants(timed, opts, op_overhead, quick)

@@ -7,8 +7,9 @@ made, so nothing else can ever reach the generated source.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Iterable, Union
+from typing import Any
 
 FUNCTIONS = frozenset(
     {
@@ -110,7 +111,7 @@ class Call:
 
 @dataclass(frozen=True)
 class Method:
-    obj: "Expr"
+    obj: Expr
     name: str
     args: tuple = ()
     kwargs: tuple = ()
@@ -122,7 +123,7 @@ class Method:
 
 @dataclass(frozen=True)
 class Attr:
-    obj: "Expr"
+    obj: Expr
     name: str
 
     def __post_init__(self):
@@ -133,8 +134,8 @@ class Attr:
 @dataclass(frozen=True)
 class BinOp:
     op: str
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
 
     def __post_init__(self):
         if self.op not in OPERATORS:
@@ -145,7 +146,7 @@ class BinOp:
 class Index:
     """``obj[items]``; items are ints, None (new axis), ``SLICE``, ``ELLIPSIS`` or a ``Range``."""
 
-    obj: "Expr"
+    obj: Expr
     items: tuple
 
 
@@ -153,17 +154,17 @@ class Index:
 class Range:
     """A slice ``start:stop`` inside an ``Index``; either end may be an expression."""
 
-    start: "Expr"
-    stop: "Expr"
+    start: Expr
+    stop: Expr
 
 
 @dataclass(frozen=True)
 class IfExp:
     """``then if condition else otherwise``."""
 
-    condition: "Expr"
-    then: "Expr"
-    otherwise: "Expr"
+    condition: Expr
+    then: Expr
+    otherwise: Expr
 
 
 @dataclass(frozen=True)
@@ -188,14 +189,14 @@ class Tuple:
 SLICE = slice(None)
 ELLIPSIS = ...
 
-Expr = Union[Var, Const, Call, Method, Attr, BinOp, Index, IfExp, BoolOp, Tuple]
+Expr = Var | Const | Call | Method | Attr | BinOp | Index | IfExp | BoolOp | Tuple
 
 
 @dataclass(frozen=True)
 class Assign:
     """``target = value``; the target is a generated name or an ``Index`` of one."""
 
-    target: Union[str, Index]
+    target: str | Index
     value: Expr
     comment: str = ""
 
@@ -215,18 +216,18 @@ class Loop:
 
     var: str
     start: int
-    stop: Union[int, "Expr"]
-    step: Union[int, "Const"]
+    stop: int | Expr
+    step: int | Const
     body: tuple
     comment: str = ""
 
 
 @dataclass(frozen=True)
 class Return:
-    value: Union[Expr, tuple]
+    value: Expr | tuple
 
 
-Stmt = Union[Assign, Do, Loop, Return]
+Stmt = Assign | Do | Loop | Return
 
 
 # --- small helpers the planner uses -------------------------------------------------

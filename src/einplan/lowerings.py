@@ -10,7 +10,6 @@ lowering by name, and ``choose`` prices them all and names the winner.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 
@@ -44,7 +43,7 @@ class Lowering:
 
     name = ""
 
-    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+    def price(self, step: Contraction, context: Context) -> Estimate | None:
         raise NotImplementedError
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
@@ -72,14 +71,14 @@ class ElementwiseSum(Lowering):
     def _product_exists(step: Contraction, context: Context) -> bool:
         return bool(step.summed) and not context.options.compiled
 
-    def _into(self, step: Contraction, context: Context) -> Optional[Value]:
+    def _into(self, step: Contraction, context: Context) -> Value | None:
         """An owned operand of the product's shape the multiply may overwrite (no allocation)."""
         if not self._product_exists(step, context):
             return None
         rank = len(step.kept) + len(step.summed)
         return next((v for v in (step.a, step.b) if v.owned and len(v.axes) == rank), None)
 
-    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+    def price(self, step: Contraction, context: Context) -> Estimate | None:
         exists = self._product_exists(step, context)
         into = self._into(step, context)
         full = step.numel(step.kept + step.summed)
@@ -99,11 +98,13 @@ class ElementwiseSum(Lowering):
         layout = step.kept + step.summed
         into = self._into(step, context)
         left, right = _align(step.a, layout), _align(step.b, layout)
+        product: ir.Expr
         if into is not None:
             product = ir.Method(*((left, "mul_", (right,)) if into is step.a else (right, "mul_", (left,))))
         else:
             product = ir.BinOp("*", left, right)
         summed = step.summed
+        expr: ir.Expr
         if self._product_exists(step, context) and into is None and len(summed) == 1 and step.dtype.is_floating_point:
             expr = ir.Call("torch.linalg.vecdot", (left, right))  # the same multiply and sum, one call
         else:
@@ -203,7 +204,7 @@ class MatmulBroadcast(Lowering):
         """Whether the emitted code is one plain ``torch.matmul`` call (it can take ``out=``)."""
         return _matmul_layout(step).direct
 
-    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+    def price(self, step: Contraction, context: Context) -> Estimate | None:
         model = context.model
         if not self.applies(step, model):
             return None
@@ -226,7 +227,9 @@ class MatmulBroadcast(Lowering):
         layout = _matmul_layout(step)
         if layout.direct:
             lhs = ir.permute(ir.Var(layout.left.var), tuple(layout.left.axes.index(a) for a in layout.batch + layout.m + layout.contracted))
-            rhs = ir.permute(ir.Var(layout.right.var), tuple(layout.right.axes.index(a) for a in layout.batch + layout.contracted + layout.n))
+            rhs = ir.permute(
+                ir.Var(layout.right.var), tuple(layout.right.axes.index(a) for a in layout.batch + layout.contracted + layout.n)
+            )
             return Lowered(ir.Call("torch.matmul", (lhs, rhs)), layout.out_axes)
         batch = [[x] for x in layout.batch]
         lhs = _grouped(layout.left, batch + [layout.m, layout.contracted])
@@ -264,7 +267,7 @@ class _UnrolledLayout:
     big: list[str]
 
 
-def _unrolled_layout(step: Contraction, limit: int) -> Optional[_UnrolledLayout]:
+def _unrolled_layout(step: Contraction, limit: int) -> _UnrolledLayout | None:
     if step.dtype == torch.bool:
         return None
     kept, summed = step.kept, step.summed
@@ -301,7 +304,7 @@ def _index_tuples(extents: list[int]) -> list[tuple[int, ...]]:
 
 
 def _term_name(summed: list[str], index: tuple[int, ...]) -> str:
-    return ", ".join(f"{a}={k}" for a, k in zip(summed, index))
+    return ", ".join(f"{a}={k}" for a, k in zip(summed, index, strict=True))
 
 
 def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple[int, ...]) -> ir.Expr:
@@ -315,7 +318,7 @@ def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple
         axes = [value.axes[k] for k in order]
     else:
         expr, axes = ir.Var(value.var), list(value.axes)
-    fixed = dict(zip(summed, index))
+    fixed = dict(zip(summed, index, strict=True))
     items: list = []
     position = next((k for k, a in enumerate(kept) if a in axes), len(kept))
     for axis in axes:
@@ -342,21 +345,21 @@ class Unrolled(Lowering):
 
     name = UNROLLED
 
-    def _layout(self, step: Contraction, context: Context) -> Optional[_UnrolledLayout]:
+    def _layout(self, step: Contraction, context: Context) -> _UnrolledLayout | None:
         return _unrolled_layout(step, FORCED_UNROLL_TERMS if context.forced(UNROLLED) else UNROLL_TERMS)
 
     def result_axes(self, step: Contraction) -> tuple[str, ...]:
         layout = _unrolled_layout(step, FORCED_UNROLL_TERMS)
         return tuple(layout.kept) if layout is not None else tuple(step.kept)
 
-    def price(self, step: Contraction, context: Context) -> Optional[Estimate]:
+    def price(self, step: Contraction, context: Context) -> Estimate | None:
         layout = self._layout(step, context)
         if layout is None:
             return None
         itemsize = step.dtype.itemsize
         terms = step.numel(layout.summed)
         copied, reads = 0.0, 0
-        for value, order in zip((step.a, step.b), layout.laid):
+        for value, order in zip((step.a, step.b), layout.laid, strict=True):
             if order is not None:
                 copied += step.numel(value.axes) * _gather_factor(value, order[-1], step.sizes, itemsize)
                 value = Value(value.var, order)
@@ -380,7 +383,7 @@ class Unrolled(Lowering):
         names = context.names
         setup: list = []
         operands = []
-        for value, order in zip((step.a, step.b), layout.laid):
+        for value, order in zip((step.a, step.b), layout.laid, strict=True):
             if order is None:
                 operands.append(value)
                 continue

@@ -9,18 +9,19 @@ winner.  Planning reads shapes only, never tensor data.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
 import opt_einsum
 
-from . import chunking as cutting, chunks, ir, screen
+from . import chunking as cutting
+from . import chunks, ir, screen
 from .bind import Bound
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
 from .clauses import apply_clauses, clause_dtype
+from .contraction import Candidate, Context, Contraction, Names, Options, Value, assign_result, numel, sum_over
 from .cost import DeviceModel, Estimate, load_model
 from .errors import EinplanError
-from .contraction import Candidate, Context, Contraction, Names, Options, Value, assign_result, numel, sum_over
 from .lowerings import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose
 
 __all__ = [
@@ -39,12 +40,15 @@ __all__ = [
 ]
 
 
+DEFAULT_OPTIONS = Options()
+
+
 @dataclass(frozen=True)
 class Step:
     kind: str  # a lowering, or "prepare" / "reduce" / "output"
     description: str  # the step in pattern form
     statements: tuple
-    estimate: Optional[Estimate] = None
+    estimate: Estimate | None = None
     candidates: tuple[Candidate, ...] = ()
 
 
@@ -73,7 +77,7 @@ class Plan:
 # --- operand preparation: views, diagonals, private sums ----------------------------------
 
 
-def _view(expr: ir.Expr, shape: tuple[int, ...], axes: tuple[str, ...], direct: Optional[list[bool]]) -> ir.Expr:
+def _view(expr: ir.Expr, shape: tuple[int, ...], axes: tuple[str, ...], direct: list[bool] | None) -> ir.Expr:
     """``expr.reshape(shape)`` with -1 for the first axis that is a whole dim of the tensor
     (``direct``; None when unknown), so that the code does not depend on that axis's size."""
     free = next((k for k, whole in enumerate(direct or ()) if whole and axes.count(axes[k]) == 1), None)
@@ -83,7 +87,7 @@ def _view(expr: ir.Expr, shape: tuple[int, ...], axes: tuple[str, ...], direct: 
     return ir.reshape(expr, dims, frozenset(axes) - {axes[free]})
 
 
-def _whole_dims(items) -> Optional[list[bool]]:
+def _whole_dims(items) -> list[bool] | None:
     """Per dim after the view, whether it is a whole dim of the tensor (an axis, not a part of a
     composite); None when an ellipsis makes the positions data-dependent.  An item with an ``id``
     is one axis, one with ``parts`` a composite, a literal 1 is dropped."""
@@ -217,14 +221,14 @@ class _Planning:
     context: Context
     clauses: tuple
     keep: frozenset
-    rank: object
+    rank: Callable[[str], tuple]
 
     @property
     def limit(self) -> int:
         return self.context.options.memory_limit or DEFAULT_MEMORY_LIMIT
 
 
-def _chunked(planning: _Planning, step: Contraction, winner: str, estimate: Estimate, candidates) -> Optional[tuple[Step, list[Value], tuple]]:
+def _chunked(planning: _Planning, step: Contraction, winner: str, estimate: Estimate, candidates) -> tuple[Step, list[Value], tuple] | None:
     """The last step in chunks, when it is worth it: (step, result values, clauses left), or None."""
     context, clauses = planning.context, planning.clauses
     job = Job(step, clauses, planning.bound.output_axes, tuple(f"x{k}" for k in range(len(planning.bound.operands))), planning.bound.device)
@@ -293,7 +297,7 @@ def _reduce(planning: _Planning, value: Value) -> tuple[list[Step], list[Value]]
     return steps, results
 
 
-def build(bound: Bound, options: Options = Options(), model: DeviceModel | None = None) -> Plan:
+def build(bound: Bound, options: Options = DEFAULT_OPTIONS, model: DeviceModel | None = None) -> Plan:
     """Plan ``bound``: prepare operands, contract along the path, reduce, shape the output."""
     _check_options(options)
     _check_output_fits(bound)

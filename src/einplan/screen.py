@@ -20,8 +20,8 @@ from . import ir
 from .chunking import Chunking, Job
 from .chunks import Loops
 from .clauses import ARG_REDUCERS, MERGE_CALLS, REDUCE_CALLS, extreme, new_tensor, sized, strictly_better
-from .cost import Estimate
 from .contraction import Context, Value
+from .cost import Estimate
 from .lowerings import REGISTRY
 
 # screen only where a bfloat16 GEMM runs at least this much faster (the cost model then decides):
@@ -99,7 +99,9 @@ class Screen:
         return replace(full, flops=full.flops + exact, gemm_flops=screen + exact, bytes=full.bytes / 2, ops=ops, memory=self.memory())
 
     def describe(self) -> str:
-        return f"screened in bfloat16 {self.chunking.describe()}, then exactly over the rows of {self.chunking.axis} that can hold the result"
+        return (
+            f"screened in bfloat16 {self.chunking.describe()}, then exactly over the rows of {self.chunking.axis} that can hold the result"
+        )
 
 
 def price(chunking: Chunking, job: Job, context: Context) -> Screen | None:
@@ -128,7 +130,9 @@ def emit(screen: Screen, job: Job, context: Context) -> tuple[list, list[Value]]
     loops = Loops(screen.chunking, job, context)
     reducer = job.clauses[0][0]
     setup, operands, top = _screen_setup(screen, loops, reducer)
-    statements = setup + loops.over_rows(operands, lambda i, rows: loops.over_tiles(rows, lambda j, tile: _screen_tile(screen, loops, tile, top, i)))
+    statements = setup + loops.over_rows(
+        operands, lambda i, rows: loops.over_tiles(rows, lambda j, tile: _screen_tile(screen, loops, tile, top, i))
+    )
     candidates, kept = _candidates(screen, loops, top, reducer)
     exact, results = _exact_pass(screen, loops, kept, reducer)
     return statements + candidates + exact, results
@@ -158,7 +162,9 @@ def _screen_tile(screen: Screen, loops: Loops, tile, top: str, i: ir.Expr) -> li
     (bfloat16 bits order like int16 for values >= 0, and a fast integer max reads them)."""
     computed, value = loops.contract(tile, grad=False)
     chunking = screen.chunking
-    largest = ir.Call("torch.amax", (ir.Method(ir.Var(value.var), "view", (ir.Const(torch.int16),)), ir.Const(value.axes.index(chunking.column))))
+    largest = ir.Call(
+        "torch.amax", (ir.Method(ir.Var(value.var), "view", (ir.Const(torch.int16),)), ir.Const(value.axes.index(chunking.column)))
+    )
     if chunking.rows >= chunking.total:
         target: ir.Expr = ir.Var(top)
         return computed + [ir.Assign(top, ir.Call("torch.maximum", (target, largest)), "each row's largest bits so far")]
@@ -178,7 +184,9 @@ def _norm(screen: Screen, value: Value, longest: bool = False) -> ir.Expr:
     depth_axis = screen.depth_axis
     depth = screen.step.sizes[depth_axis]
     tag = frozenset((depth_axis,))
-    norms = ir.Call("torch.linalg.vector_norm", (ir.Method(ir.Var(value.var), "detach"),), (("dim", ir.Const(value.axes.index(depth_axis))),))
+    norms: ir.Expr = ir.Call(
+        "torch.linalg.vector_norm", (ir.Method(ir.Var(value.var), "detach"),), (("dim", ir.Const(value.axes.index(depth_axis))),)
+    )
     if longest:
         norms = ir.Method(norms, "amax", ())
     scaled = ir.BinOp("*", ir.Method(norms, "to", (ir.Const(torch.float64),)), ir.Const(1 + (depth + 2) * ROW_LENGTH_SLACK, tag))
@@ -195,7 +203,13 @@ def _candidates(screen: Screen, loops: Loops, top: str, reducer: str) -> tuple[l
     positive = ir.BinOp(">=", bits, ir.Const(0))
     decoded = ir.Method(ir.Method(bits, "view", (ir.Const(torch.bfloat16),)), "to", (ir.Const(torch.float64),))
     relative = ir.BinOp("*", ir.Var(na), ir.BinOp("*", ir.Const(screen_error(depth), tag), ir.Var(nb)))
-    tiny = ir.BinOp("*", ir.Const(FLUSH), ir.BinOp("+", ir.BinOp("*", ir.Const(math.sqrt(depth), tag), ir.BinOp("+", ir.Var(na), ir.Var(nb))), ir.Const(float(depth + 1), tag)))
+    tiny = ir.BinOp(
+        "*",
+        ir.Const(FLUSH),
+        ir.BinOp(
+            "+", ir.BinOp("*", ir.Const(math.sqrt(depth), tag), ir.BinOp("+", ir.Var(na), ir.Var(nb))), ir.Const(float(depth + 1), tag)
+        ),
+    )
     trusted = ir.BinOp("<", ir.BinOp("*", ir.Method(ir.Var(na), "amax", ()), ir.Var(nb)), ir.Const(SCREEN_OVERFLOW))
     reaches = ir.BinOp(">=", ir.BinOp("+", ir.Var(up), ir.Var(err)), ir.Var(low))
     which = "max" if reducer in ("max", "argmax") else "max of the negated product"
@@ -203,12 +217,22 @@ def _candidates(screen: Screen, loops: Loops, top: str, reducer: str) -> tuple[l
     keep = ir.BinOp("|", reaches, ir.Call("torch.logical_not", (trusted,)))
     rows_of, columns_of = screen.rows_of, screen.columns_of
     return [
-        ir.Assign(up, ir.Call("torch.where", (positive, decoded, ir.Const(0.0))), f"each row's screened {which} (a row of negatives: at most 0)"),
+        ir.Assign(
+            up, ir.Call("torch.where", (positive, decoded, ir.Const(0.0))), f"each row's screened {which} (a row of negatives: at most 0)"
+        ),
         ir.Assign(na, _norm(screen, rows_of), f"length of each row of {rows_of.var} along {screen.depth_axis}"),
         ir.Assign(nb, _norm(screen, columns_of, longest=True), f"the longest of {columns_of.var} along {screen.depth_axis}"),
         ir.Assign(err, ir.BinOp("+", relative, tiny), "bound on |screened - float32| in each row"),
-        ir.Assign(low, ir.Method(ir.Call("torch.where", (positive, ir.BinOp("-", ir.Var(up), ir.Var(err)), ir.Const(float("-inf")))), "amax", ()), f"the float32 {extreme_name} is at least this far out"),
-        ir.Assign(kept, ir.Index(ir.Call("torch.nonzero", (keep,)), (ir.SLICE, 0)), "rows that can hold it, in order (all, if the screen could overflow or saw NaN/inf)"),
+        ir.Assign(
+            low,
+            ir.Method(ir.Call("torch.where", (positive, ir.BinOp("-", ir.Var(up), ir.Var(err)), ir.Const(float("-inf")))), "amax", ()),
+            f"the float32 {extreme_name} is at least this far out",
+        ),
+        ir.Assign(
+            kept,
+            ir.Index(ir.Call("torch.nonzero", (keep,)), (ir.SLICE, 0)),
+            "rows that can hold it, in order (all, if the screen could overflow or saw NaN/inf)",
+        ),
     ], kept
 
 
@@ -218,7 +242,11 @@ def _exact_pass(screen: Screen, loops: Loops, kept: str, reducer: str) -> tuple[
     arg = reducer in ARG_REDUCERS
     extreme_name = reducer[-3:]
     best = names.fresh("best")
-    setup = [ir.Assign(best, new_tensor("torch.full", ir.Const(()), step.dtype, extreme(step.dtype, extreme_name == "max")), f"running {extreme_name}")]
+    setup = [
+        ir.Assign(
+            best, new_tensor("torch.full", ir.Const(()), step.dtype, extreme(step.dtype, extreme_name == "max")), f"running {extreme_name}"
+        )
+    ]
     if arg:
         row, column = names.fresh("row"), names.fresh("col")
         setup.append(ir.Assign(row, new_tensor("torch.zeros", ir.Const(()), torch.int64), f"where: its index along {chunking.axis}"))
@@ -228,9 +256,17 @@ def _exact_pass(screen: Screen, loops: Loops, kept: str, reducer: str) -> tuple[
     picked = ir.Index(ir.Var(kept), (ir.Range(i, ir.plus(i, count)),))
     rows_of = screen.rows_of
     chunk = names.fresh("chunk")
-    body = [ir.Assign(chunk, ir.Call("torch.index_select", (ir.Var(rows_of.var), ir.Const(rows_of.axes.index(chunking.axis)), picked)), f"kept rows of {rows_of.var}")]
+    body = [
+        ir.Assign(
+            chunk,
+            ir.Call("torch.index_select", (ir.Var(rows_of.var), ir.Const(rows_of.axes.index(chunking.axis)), picked)),
+            f"kept rows of {rows_of.var}",
+        )
+    ]
     parts = [Value(chunk, v.axes) if v is rows_of else v for v in (step.a, step.b)]
-    exact_step = replace(step, a=parts[0], b=parts[1], sizes=dict(step.sizes, **{chunking.axis: screen.exact_rows}), free=frozenset((chunking.axis,)))
+    exact_step = replace(
+        step, a=parts[0], b=parts[1], sizes=dict(step.sizes, **{chunking.axis: screen.exact_rows}), free=frozenset((chunking.axis,))
+    )
     lowered = REGISTRY[chunking.inner].emit(exact_step, loops.context)
     scores = names.fresh("scores")
     body.append(ir.Assign(scores, lowered.expr, f"{chunking.inner}: {step.describe(lowered.axes)} for these rows, in float32"))
@@ -252,15 +288,22 @@ def _exact_arg(names, reducer: str, scores: str, kept: str, best: str, row: str,
     rows win only when strictly better (NaN wins), so the first index stays."""
     extreme_name = reducer[-3:]
     first, part, take = names.fresh("first"), names.fresh("part"), names.fresh("take")
-    picked = ir.Call("torch.take_along_dim", (ir.Var(scores), ir.Method(ir.Var(first), "reshape", (ir.Const(1), ir.Const(1)))), (("dim", ir.Const(-2)),))
+    picked = ir.Call(
+        "torch.take_along_dim", (ir.Var(scores), ir.Method(ir.Var(first), "reshape", (ir.Const(1), ir.Const(1)))), (("dim", ir.Const(-2)),)
+    )
     values, indices = ir.Attr(ir.Var(part), "values"), ir.Attr(ir.Var(part), "indices")
     where = ir.Index(ir.Var(kept), (ir.plus(ir.Var("i"), ir.Var(first)),))
     return [
-        ir.Assign(first, ir.Method(ir.Call(REDUCE_CALLS[extreme_name], (ir.Var(scores), ir.Const(-1))), reducer, (ir.Const(-1),)), f"the first of these rows holding their {extreme_name}"),
-        ir.Assign(part, ir.Method(ir.Method(picked, "flatten", ()), extreme_name, (ir.Const(-1),)), f"{extreme_name} of that row and where"),
+        ir.Assign(
+            first,
+            ir.Method(ir.Call(REDUCE_CALLS[extreme_name], (ir.Var(scores), ir.Const(-1))), reducer, (ir.Const(-1),)),
+            f"the first of these rows holding their {extreme_name}",
+        ),
+        ir.Assign(
+            part, ir.Method(ir.Method(picked, "flatten", ()), extreme_name, (ir.Const(-1),)), f"{extreme_name} of that row and where"
+        ),
         ir.Assign(take, strictly_better(reducer, values, ir.Var(best)), "strictly better (ties keep the first; NaN wins)"),
         ir.Assign(best, ir.Call("torch.where", (ir.Var(take), values, ir.Var(best)))),
         ir.Assign(row, ir.Call("torch.where", (ir.Var(take), where, ir.Var(row))), "the row, among all"),
         ir.Assign(column, ir.Call("torch.where", (ir.Var(take), indices, ir.Var(column))), "the place in that row"),
     ]
-
