@@ -115,7 +115,7 @@ def _split_composites(resolved, comps: list[tuple[Comp, int, str]], sizes: _Size
             comp, total, where = entry
             bases = [p.base if isinstance(p, Ax) else "1" for p in comp.parts]
             unknown = [b for b in bases if sizes.known(b) is None]
-            known_product = math.prod(sizes.known(b) for b in bases if b not in unknown)
+            known_product = math.prod(sizes.known(b) or 0 for b in bases if b not in unknown)
             if len(set(unknown)) > 1:
                 continue
             pending.remove(entry)
@@ -160,7 +160,7 @@ def _integer_root(value: int, power: int) -> int | None:
 
 def _ellipsis_lengths(resolved: Resolved, shapes) -> list[dict[str, int]]:
     """For each operand, how many dims each of its ellipsis groups covers."""
-    lengths = []
+    lengths: list[dict[str, int]] = []
     for index, (items, shape) in enumerate(zip(resolved.inputs, shapes, strict=True)):
         fixed = sum(1 for i in items if not isinstance(i, Ell))
         groups = [i.group for i in items if isinstance(i, Ell)]

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -101,7 +102,7 @@ def operand_shape(items, size_of: Callable[[str], int], ellipsis_dims: Sequence[
     return tuple(shape)
 
 
-def operands(pattern: str, shapes: Sequence[str], sizes: Sequence[str]) -> tuple[list[tuple[int, ...]], dict[str, int]]:
+def operands(pattern: str, shapes: Sequence[str], sizes: Sequence[str]) -> tuple[list[tuple[int, ...]], dict[str, Any]]:
     """Shapes and keyword sizes from ``-s`` and ``--size``: shapes win; sizes alone build them."""
     by_axis = parse_sizes(sizes or [])
     if shapes:
@@ -359,8 +360,9 @@ def cmd_bench(args) -> int:
     print(f"einsum:   torch.einsum({equation!r}, ...){then}")
     print()
     timed = [k for k, (_, seconds, _) in enumerate(rows) if seconds is not None]
-    winner = min(timed, key=lambda k: rows[k][1])
-    best = rows[winner][1]
+    seconds_of = {k: rows[k][1] or 0.0 for k in timed}
+    winner = min(timed, key=seconds_of.__getitem__)
+    best = seconds_of[winner]
     width = max(len(r[0]) for r in rows) + 2
     print(f"  {'':{width}}{'time/call':>12}  {'vs best':>8}  result")
     for k, (label, seconds, note) in enumerate(rows):
@@ -386,7 +388,7 @@ def cmd_tune(args) -> int:
               "the planner uses its built-in CPU and CUDA constants.", file=sys.stderr)
         return 1
     parameters = inspect.signature(tune).parameters
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if "device" in parameters:
         kwargs["device"] = str(_device(args.device))
     if args.quick and "quick" in parameters:
@@ -394,7 +396,7 @@ def cmd_tune(args) -> int:
     print(f"einplan tune: measuring the cost model's constants on {args.device} ...", flush=True)
     result = tune(**kwargs)
     model, path = (result if isinstance(result, tuple) and len(result) == 2 else (result, None))
-    if dataclasses.is_dataclass(model):
+    if dataclasses.is_dataclass(model) and not isinstance(model, type):
         for field, value in dataclasses.asdict(model).items():
             print(f"  {field:<18} {value:.4g}" if isinstance(value, float) else f"  {field:<18} {value}")
     elif model is not None:

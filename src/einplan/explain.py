@@ -40,7 +40,7 @@ def _step(number: int, step: planner.Step, plan: planner.Plan) -> list[str]:
     for candidate in step.candidates:
         mark = "*" if candidate.lowering == step.kind else " "
         terms = plan.model.breakdown(candidate.estimate)
-        main = max(terms, key=terms.get)
+        main = max(terms, key=lambda term: terms[term])
         lines.append(
             f"     {mark} {candidate.lowering:<18} est. {candidate.seconds * 1e6:9.1f} us"
             f"  (mostly {main})"

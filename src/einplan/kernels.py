@@ -182,7 +182,7 @@ class _Table:
 
     def run(self, entry: Entry) -> Callable:
         function, checked = self.functions[entry.source]
-        return checked if self.check else function
+        return checked if checked is not None else function  # checked: made only with check=True
 
     def remember(self, signature: tuple, run: Callable) -> None:
         if len(self.calls) >= 4 * MAX_PROGRAMS:

@@ -10,7 +10,7 @@ fresh primed ids left to right.  The result spells the *primed form* that
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .errors import PatternError, UnsupportedError, at
@@ -145,7 +145,7 @@ class _Primes:
 def _chain_ids(pattern: Pattern) -> tuple[list[list[str]], dict[str, list[str]]]:
     """Axis ids of each input occurrence, and for each chain name its ids in order."""
     per_operand = [_flat_names(op.axes) for op in pattern.inputs]
-    counts = [dict() for _ in per_operand]
+    counts: list[dict[str, int]] = [{} for _ in per_operand]
     for occurrences, count in zip(per_operand, counts, strict=True):
         for axis in occurrences:
             count[_text(axis)] = count.get(_text(axis), 0) + 1
@@ -176,7 +176,7 @@ def _chain_ids(pattern: Pattern) -> tuple[list[list[str]], dict[str, list[str]]]
     return ids, created
 
 
-def _rebuild(axes, ids: Iterable[str], pattern: Pattern) -> tuple[Item, ...]:
+def _rebuild(axes, ids: Iterator[str], pattern: Pattern) -> tuple[Item, ...]:
     """Resolved items of an operand, taking axis ids from ``ids`` in order."""
     items: list[Item] = []
     for axis in axes:
