@@ -39,11 +39,32 @@ LETTERS = string.ascii_lowercase + string.ascii_uppercase
 # Every einsum letter gets a multi-character einplan name.  Some are words that
 # are Python keywords or builtins, to check they never leak into generated code.
 LETTER_NAMES = {
-    "a": "batch", "b": "chan", "c": "height", "d": "width", "e": "ex", "f": "f2",
-    "g": "g_", "h": "head", "i": "ix", "j": "jx", "k": "kx", "l": "lambda",
-    "m": "m1", "n": "n_1", "o": "out", "p": "pp", "q": "query", "r": "row",
-    "s": "seq", "t": "time", "u": "u0", "v": "vec", "w": "w_w", "x": "xx",
-    "y": "yy", "z": "z9",
+    "a": "batch",
+    "b": "chan",
+    "c": "height",
+    "d": "width",
+    "e": "ex",
+    "f": "f2",
+    "g": "g_",
+    "h": "head",
+    "i": "ix",
+    "j": "jx",
+    "k": "kx",
+    "l": "lambda",
+    "m": "m1",
+    "n": "n_1",
+    "o": "out",
+    "p": "pp",
+    "q": "query",
+    "r": "row",
+    "s": "seq",
+    "t": "time",
+    "u": "u0",
+    "v": "vec",
+    "w": "w_w",
+    "x": "xx",
+    "y": "yy",
+    "z": "z9",
 }
 LETTER_NAMES.update({c: f"{c}_cap" for c in string.ascii_uppercase})
 LETTER_NAMES.update({"A": "Alpha", "B": "Batch", "K": "Key", "N": "None_", "S": "sum"})
@@ -77,9 +98,7 @@ def parse_einsum(equation: str) -> tuple[list[list[str]], list[str]]:
         output = tokens(rhs)
     else:
         counts = Counter(t for op in operands for t in op if t != "...")
-        output = (["..."] if any("..." in op for op in operands) else []) + sorted(
-            t for t, c in counts.items() if c == 1
-        )
+        output = (["..."] if any("..." in op for op in operands) else []) + sorted(t for t, c in counts.items() if c == 1)
     return operands, output
 
 
@@ -130,12 +149,7 @@ def chain_reading(operands: Sequence[Sequence[str]]):
     of chain name t that occur in exactly one input.
     """
     in_operands = Counter(t for op in operands for t in set(op) if t != "...")
-    chains = {
-        t
-        for op in operands
-        for t, c in Counter(x for x in op if x != "...").items()
-        if c >= 2 and in_operands[t] >= 2
-    }
+    chains = {t for op in operands for t, c in Counter(x for x in op if x != "...").items() if c >= 2 and in_operands[t] >= 2}
     current = {t: (t, 0) for t in chains}
     created = {t: [(t, 0)] for t in chains}
     ids_per_operand = []

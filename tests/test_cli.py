@@ -47,10 +47,22 @@ def test_sizes_by_axis_build_the_shapes(capsys):
 def test_codegen_writes_one_module_of_named_kernels(capsys, tmp_path, monkeypatch):
     target = tmp_path / "my_kernels.py"
     argv = [
-        "codegen", "b n, m n -> b m", "-s", "6x5", "-s", "4x5", "--name", "rows",
-        "-k", f"quad = {QUAD} : b1=3 b2=2 n=5",
-        "-k", "best = m d, n d -> | argmax m n : 7x3 9x3",
-        "--dtype", "float64", "-o", str(target),
+        "codegen",
+        "b n, m n -> b m",
+        "-s",
+        "6x5",
+        "-s",
+        "4x5",
+        "--name",
+        "rows",
+        "-k",
+        f"quad = {QUAD} : b1=3 b2=2 n=5",
+        "-k",
+        "best = m d, n d -> | argmax m n : 7x3 9x3",
+        "--dtype",
+        "float64",
+        "-o",
+        str(target),
     ]
     code, out, err = run(capsys, *argv)
     assert code == 0 and err == "" and "wrote 3 kernel(s)" in out
@@ -167,15 +179,16 @@ def test_help_teaches_the_language(capsys):
 def test_python_dash_m_and_console_script():
     result = subprocess.run(
         [sys.executable, "-m", "einplan", "explain", QUAD, "-s", "80x20x64", "-s", "64x64", "-s", "80x20x64"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "primed:   b1 b2 n, n n', b1 b2 n' -> b1 b2" in result.stdout and "def einplan_kernel(" in result.stdout
     script = shutil.which("einplan")
     if script is None:
         pytest.skip("the einplan console script is not on PATH")
-    result = subprocess.run([script, "explain", "b n, m n -> b k", "-s", "3x4", "-s", "5x4"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([script, "explain", "b n, m n -> b k", "-s", "3x4", "-s", "5x4"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stdout == ""
     assert "output axis 'k' is in no input" in result.stderr and result.stderr.rstrip().endswith("^")
 

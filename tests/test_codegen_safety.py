@@ -535,7 +535,13 @@ def _reference(operands, output, clause, tensors):
     return None  # argmax / argmin: ties make indices ambiguous; checked by shape
 
 
-@settings(max_examples=120, derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
 @given(accepted())
 def test_random_patterns_are_safe_and_exact(case):
     operands, output, clause, shapes, lowering = case
@@ -558,7 +564,7 @@ def test_random_patterns_are_safe_and_exact(case):
 
 def _output_shape(operands, output, shapes):
     size = {}
-    for op, shape in zip(operands, shapes):
-        for name, s in zip(op, shape):
+    for op, shape in zip(operands, shapes, strict=True):
+        for name, s in zip(op, shape, strict=True):
             size[name] = s
     return [size[n] for n in output]

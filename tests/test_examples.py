@@ -31,9 +31,7 @@ EXPECTED = {
 def _run(script: Path) -> subprocess.CompletedProcess:
     # short timings (only the checks matter here) and one thread each, as several run at once
     env = dict(os.environ, EINPLAN_EXAMPLES_BUDGET="0.002", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, script.name], cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([sys.executable, script.name], cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,10 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import einplan
 from conftest import (
     ALL_LOWERINGS,
     TOLERANCES,
@@ -53,10 +57,6 @@ from conftest import (
     operand_shapes,
     random_tensors,
 )
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-
-import einplan
 from einplan import CHUNKED, ELEMENTWISE, MATMUL, UNROLLED
 
 # --- profiles ----------------------------------------------------------------------------------
@@ -76,9 +76,7 @@ settings.register_profile(
     report_multiple_bugs=False,
     phases=[Phase.explicit, Phase.generate],
 )
-settings.register_profile(
-    "long", deadline=None, derandomize=False, database=None, suppress_health_check=HEALTH, print_blob=True
-)
+settings.register_profile("long", deadline=None, derandomize=False, database=None, suppress_health_check=HEALTH, print_blob=True)
 PROFILE = settings.get_profile("long" if LONG else "einplan-fuzz-ci")
 
 # Examples per test in CI (x SCALE in the long profile).  Each parametrized test runs
@@ -97,8 +95,26 @@ def _settings(kind: str) -> settings:
 
 # Reducer words and Python keywords/builtins are valid axis names too.
 NAMES = [
-    "i", "j", "k", "n", "b1", "b2", "ab", "xy_z", "Q9", "_u",
-    "in", "sum", "max", "argmax", "lambda", "torch", "None", "self", "t0", "Tensor",
+    "i",
+    "j",
+    "k",
+    "n",
+    "b1",
+    "b2",
+    "ab",
+    "xy_z",
+    "Q9",
+    "_u",
+    "in",
+    "sum",
+    "max",
+    "argmax",
+    "lambda",
+    "torch",
+    "None",
+    "self",
+    "t0",
+    "Tensor",
 ]
 SIZES = [0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4]  # size 0 about one axis in eleven
 MAX_AXES = 8
@@ -108,7 +124,6 @@ ARG_REDUCERS = ("argmax", "argmin")
 EXTREMES = ("max", "min", "argmax", "argmin")
 
 F64, F32, I64, C128 = torch.float64, torch.float32, torch.int64, torch.complex128
-
 
 
 class Scale(NamedTuple):
@@ -146,7 +161,7 @@ def _ellipsis(draw, operands: list[list[str]]) -> dict[int, list[int]]:
     dims = {}
     for position, k in enumerate(holders):
         length = len(batch) if position == 0 else draw(st.integers(0, len(batch)))
-        covered = batch[len(batch) - length:]
+        covered = batch[len(batch) - length :]
         covered = [1 if (d != 1 and draw(st.integers(0, 3)) == 0) else d for d in covered]
         dims[k] = covered
         operands[k].insert(draw(st.integers(0, len(operands[k]))), "...")
@@ -260,7 +275,7 @@ def _leaf_shape(shape, layout):
     if layout == "expanded":
         for d, size in enumerate(shape):
             if size > 1:
-                return shape[:d] + (1,) + shape[d + 1:]
+                return shape[:d] + (1,) + shape[d + 1 :]
     return shape
 
 
@@ -284,7 +299,7 @@ def _inputs(shapes, dtype, seed, layouts, alias, grad):
     leaves = _values(leaf_shapes, dtype, seed)
     if grad:
         leaves = [t.requires_grad_() for t in leaves]
-    operands = [_lay_out(leaf, s, layouts[k]) for k, (leaf, s) in enumerate(zip(leaves, shapes))]
+    operands = [_lay_out(leaf, s, layouts[k]) for k, (leaf, s) in enumerate(zip(leaves, shapes, strict=True))]
     for k, j in alias.items():
         operands[k] = operands[j]
     used = [leaf for k, leaf in enumerate(leaves) if k not in alias]
@@ -375,9 +390,7 @@ def assert_same(got, want: torch.Tensor, context: str) -> None:
     got, want = got.detach(), want.detach()
     finite = want[torch.isfinite(want)]
     scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    torch.testing.assert_close(
-        got, want, rtol=rtol, atol=atol * scale, equal_nan=True, msg=lambda m: f"{context}\n{m}"
-    )
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol * scale, equal_nan=True, msg=lambda m: f"{context}\n{m}")
 
 
 def assert_same_choice(got, want, before, reducer, n_out, context) -> None:
@@ -394,7 +407,7 @@ def assert_same_choice(got, want, before, reducer, n_out, context) -> None:
         assert len(got) == len(clause_shape), f"{context}: {len(got)} index tensors for {len(clause_shape)} axes"
         parts = got
     flat_index = torch.zeros(out_shape, dtype=torch.int64)
-    for part, size in zip(parts, clause_shape):
+    for part, size in zip(parts, clause_shape, strict=True):
         assert isinstance(part, torch.Tensor), f"{context}: index is a {type(part).__name__}"
         assert part.dtype == torch.int64, f"{context}: index dtype {part.dtype}"
         assert part.shape == out_shape, f"{context}: index shape {tuple(part.shape)} != {out_shape}"
@@ -408,7 +421,7 @@ def assert_same_choice(got, want, before, reducer, n_out, context) -> None:
 
     want_parts = (want,) if isinstance(want, torch.Tensor) else want
     want_flat = torch.zeros(out_shape, dtype=torch.int64)
-    for part, size in zip(want_parts, clause_shape):
+    for part, size in zip(want_parts, clause_shape, strict=True):
         want_flat = want_flat * size + part
     if count >= 2:
         ordered = flat.sort(-1, descending=reducer == "argmax").values
@@ -422,8 +435,7 @@ def assert_same_choice(got, want, before, reducer, n_out, context) -> None:
     else:
         clear = torch.ones(out_shape, dtype=torch.bool)
     assert torch.equal(flat_index[clear], want_flat[clear]), (
-        f"{context}: {reducer} indices differ where the best value is unambiguous\n"
-        f" got {flat_index}\nwant {want_flat}"
+        f"{context}: {reducer} indices differ where the best value is unambiguous\n got {flat_index}\nwant {want_flat}"
     )
 
 
@@ -473,7 +485,7 @@ def run_in(case, dtype, lowering, layouts, alias, seed) -> str:
             return "raised"
         except Exception as error:
             raise AssertionError(f"{context}: expected EinplanError, got {type(error).__name__}: {error}") from error
-        raise AssertionError(f"{context}: expected EinplanError (an extreme over size 0), got {got!r}")
+        raise AssertionError(f"{context}: expected EinplanError (an extreme over size 0), got {got!r}") from None
 
     try:
         got = _call(pattern, operands, lowering)
@@ -493,7 +505,7 @@ def run_in(case, dtype, lowering, layouts, alias, seed) -> str:
         assert got.requires_grad, f"{context}: einplan's result carries no gradient"
         want_grads = torch.autograd.grad((want * weights).sum(), leaves, allow_unused=True)
         got_grads = torch.autograd.grad((got * weights).sum(), leaves, allow_unused=True)
-        for k, (g, w, leaf) in enumerate(zip(got_grads, want_grads, leaves)):
+        for k, (g, w, leaf) in enumerate(zip(got_grads, want_grads, leaves, strict=True)):
             g = torch.zeros_like(leaf) if g is None else g
             w = torch.zeros_like(leaf) if w is None else w
             assert_same(g, w, f"{context}: gradient of leaf {k}")
@@ -589,16 +601,14 @@ def empty_extreme_cases(draw):
         # make one clause an extreme (argmax/argmin only the last one)
         reducer = draw(st.sampled_from(EXTREMES))
         k = len(clauses) - 1 if reducer in ARG_REDUCERS else draw(st.integers(0, len(clauses) - 1))
-        clauses = clauses[:k] + ((reducer, clauses[k][1]),) + clauses[k + 1:]
+        clauses = clauses[:k] + ((reducer, clauses[k][1]),) + clauses[k + 1 :]
         extremes = [k]
     emptied = axis_base(draw(st.sampled_from(clauses[draw(st.sampled_from(extremes))][1])))
     # the chosen axis (and its primes) gets size 0 in every operand
     head, tail = pattern.split("|")[0].split("->")
     operands = [op.split() for op in head.split(",")]
     new_sizes = {b: (0 if b == emptied else s) for b, s in sizes.items()}
-    new_shapes = [
-        operand_shapes([op], new_sizes, {0: _ellipsis_dims(op, shape)})[0] for op, shape in zip(operands, shapes)
-    ]
+    new_shapes = [operand_shapes([op], new_sizes, {0: _ellipsis_dims(op, shape)})[0] for op, shape in zip(operands, shapes, strict=True)]
     return _spell(operands, tail.split(), clauses), equation, new_shapes, clauses, dtype, new_sizes
 
 
@@ -607,7 +617,7 @@ def _ellipsis_dims(op, shape):
     if "..." not in op:
         return []
     start = op.index("...")
-    return list(shape[start:start + len(shape) - (len(op) - 1)])
+    return list(shape[start : start + len(shape) - (len(op) - 1)])
 
 
 @pytest.mark.parametrize("lowering", ALL_LOWERINGS, ids=lowering_id)
@@ -623,12 +633,16 @@ def test_generators_cover_the_interesting_cases():
 
     # the same 200 generated examples in every profile: this checks the generator, not einplan
     @settings(
-        max_examples=200, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
+        max_examples=200,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
         suppress_health_check=HEALTH,
     )
     @given(case=cases(True, [F64, F64, F32, I64, C128]), plain=cases(False, [F64, F32, I64, C128]))
     def look(case, plain):
-        for pattern, _, shapes, clauses, dtype, sizes in (case, plain):
+        for pattern, _, shapes, clauses, dtype, _sizes in (case, plain):
             head = pattern.split("|")[0]
             operands = [op.split() for op in head.split("->")[0].split(",")]
             axes = {a for op in operands for a in op if a != "..."}
@@ -653,10 +667,28 @@ def test_generators_cover_the_interesting_cases():
                 seen["sum/max/min/mean/logsumexp several axes"] += reducer in REDUCERS and several
 
     look()
-    wanted = [f"operands={n}" for n in range(1, 7)] + [
-        "axes>=7", "size 0", "size 1", "size 4", "ellipsis", "ellipsis kept", "prime", "repeat", "chain link",
-        "0-d operand",
-        str(F64), str(F32), str(I64), str(C128), "clauses>=2",
-    ] + list(REDUCERS) + list(ARG_REDUCERS) + ["argmax/argmin several axes", "sum/max/min/mean/logsumexp several axes"]
+    wanted = (
+        [f"operands={n}" for n in range(1, 7)]
+        + [
+            "axes>=7",
+            "size 0",
+            "size 1",
+            "size 4",
+            "ellipsis",
+            "ellipsis kept",
+            "prime",
+            "repeat",
+            "chain link",
+            "0-d operand",
+            str(F64),
+            str(F32),
+            str(I64),
+            str(C128),
+            "clauses>=2",
+        ]
+        + list(REDUCERS)
+        + list(ARG_REDUCERS)
+        + ["argmax/argmin several axes", "sum/max/min/mean/logsumexp several axes"]
+    )
     missing = [w for w in wanted if not seen[w]]
     assert not missing, f"never generated: {missing}; seen {dict(seen)}"

@@ -68,7 +68,10 @@ NEAR = list("ab n'(),.*|->_ 0123\t\n$#") + [
 ]
 
 SHAPES = [[(2, 2)], [(2, 2), (2, 2)], [(2, 3), (3, 2), (2, 2)], [(2, 2, 2), (2, 2)]]
-TENSORS = [[torch.arange(float(4 * k), float(4 * k) + torch.Size(s).numel(), dtype=torch.float64).reshape(s) for k, s in enumerate(shapes)] for shapes in SHAPES]
+TENSORS = [
+    [torch.arange(float(4 * k), float(4 * k) + torch.Size(s).numel(), dtype=torch.float64).reshape(s) for k, s in enumerate(shapes)]
+    for shapes in SHAPES
+]
 
 TIME_LIMIT = 5.0  # seconds any single call may take
 

@@ -41,9 +41,7 @@ def test_gradcheck(case, lowering):
         torch.einsum(equation, *tensors).detach(),
         f"{pattern!r} lowering={lowering}",
     )
-    assert torch.autograd.gradcheck(
-        lambda *xs: einplan.bl(pattern, *xs, lowering=lowering), tensors, eps=1e-6, atol=1e-8, rtol=1e-6
-    )
+    assert torch.autograd.gradcheck(lambda *xs: einplan.bl(pattern, *xs, lowering=lowering), tensors, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
 @pytest.mark.parametrize("lowering", ALL_LOWERINGS, ids=lowering_id)

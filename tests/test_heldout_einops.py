@@ -75,7 +75,7 @@ def _read():
     rows, source = [], None
     for number, line in enumerate(DATA.read_text().splitlines(), start=1):
         if line.startswith("#@ source:"):
-            source = line[len("#@ source:"):].strip()
+            source = line[len("#@ source:") :].strip()
             continue
         if not line.strip() or line.startswith("#"):
             continue
@@ -161,6 +161,9 @@ def test_heldout_einops(row):
         want = _original(call, tensors)
     got = einplan.bl(pattern, *tensors, **sizes)
     torch.testing.assert_close(
-        got, want, rtol=1e-12, atol=1e-12,
+        got,
+        want,
+        rtol=1e-12,
+        atol=1e-12,
         msg=lambda m: f"line {number} ({source}): {call} as {pattern!r} {args}\n{m}",
     )

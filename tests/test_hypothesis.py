@@ -37,8 +37,28 @@ from conftest import (
 )
 
 NAMES = [
-    "i", "j", "k", "n", "b1", "b2", "ab", "xy_z", "Q9", "_u",
-    "in", "sum", "lambda", "torch", "def", "None", "self", "max", "x0", "t0", "Tensor", "print",
+    "i",
+    "j",
+    "k",
+    "n",
+    "b1",
+    "b2",
+    "ab",
+    "xy_z",
+    "Q9",
+    "_u",
+    "in",
+    "sum",
+    "lambda",
+    "torch",
+    "def",
+    "None",
+    "self",
+    "max",
+    "x0",
+    "t0",
+    "Tensor",
+    "print",
 ]
 
 LAYOUTS = ("contiguous", "contiguous", "transposed", "strided")
@@ -127,7 +147,7 @@ def _ellipsis(draw, operands: list[list[str]]):
     dims = {}
     for position, k in enumerate(holders):
         length = len(batch) if position == 0 else draw(st.integers(0, len(batch)))
-        covered = batch[len(batch) - length:]
+        covered = batch[len(batch) - length :]
         covered = [1 if (d != 1 and draw(st.integers(0, 3)) == 0) else d for d in covered]
         dims[k] = covered
         where = draw(st.integers(0, len(operands[k])))

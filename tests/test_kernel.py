@@ -52,7 +52,7 @@ def test_kernel_matches_einsum_and_exposes_plan_and_source(quad_inputs):
     assert isinstance(quad.plan_object, Plan)
     explained = describe(quad.plan_object)
     assert quad.plan.split("source:")[0] == explained.split("source:")[0]
-    assert quad.plan.endswith(quad.source[quad.source.index("def quad("):].split("\n\n\n")[0])
+    assert quad.plan.endswith(quad.source[quad.source.index("def quad(") :].split("\n\n\n")[0])
     assert "primed:   b1 b2 n, n n', b1 b2 n' -> b1 b2" in quad.plan
     assert quad.sizes == {"b1": 8, "b2": 5, "n": 6}
     assert (quad.dtype, quad.device) == (torch.float64, torch.device("cpu"))
@@ -157,7 +157,7 @@ def test_dynamic_size_with_another_plan_is_rejected():
         return tuple(s.kind for s in runtime.plan_for("b n, b n -> b", (b, 4), (b, 4)).steps)
 
     sizes = [1, 2, 4, 16, 64, 256, 1024, 4096, 16384]
-    pair = next(((a, b) for a, b in zip(sizes, sizes[1:], strict=False) if kinds(a) != kinds(b)), None)
+    pair = next(((a, b) for a, b in zip(sizes, sizes[1:], strict=True) if kinds(a) != kinds(b)), None)
     if pair is None:
         pytest.skip("the cost model picks one lowering for every batch size here")
     small, large = pair
@@ -267,9 +267,7 @@ def test_saved_module_runs_without_einplan(tmp_path, quad_inputs):
         """
     )
     (tmp_path / "run_saved.py").write_text(script)
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "run_saved.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "-I", "-S", "run_saved.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "standalone ok" in result.stdout
 

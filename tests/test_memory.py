@@ -11,8 +11,8 @@ import torch
 
 import einplan
 from einplan import bl
-from einplan.plan import CHUNK_BYTES, CHUNKED
 from einplan.chunking import ONE_PASS_CHUNK_BYTES, ROW_TILE_BYTES
+from einplan.plan import CHUNK_BYTES, CHUNKED
 from einplan.runtime import plan_for
 
 MiB = 2**20
@@ -59,8 +59,7 @@ def test_planner_accounting_keeps_chunks_under_the_limit(pattern, shapes, cut, l
         assert chunked[0].estimate.memory > budget / 2
 
 
-@pytest.mark.parametrize("device, cut", [("cpu", "in tiles of 2048 along m by 1024 along n"),
-                                         ("cuda", "in chunks of 419 along m")])
+@pytest.mark.parametrize("device, cut", [("cpu", "in tiles of 2048 along m by 1024 along n"), ("cuda", "in chunks of 419 along m")])
 def test_whole_product_max_is_tiled_for_a_cpu_only(device, cut, cpu_screen):
     cpu_screen(False)
     plan = plan_for("m d, n d -> | max m n", *WHOLE, device=device)
@@ -68,9 +67,14 @@ def test_whole_product_max_is_tiled_for_a_cpu_only(device, cut, cpu_screen):
     assert cut in step.description, step.description
 
 
-@pytest.mark.parametrize("device, compiled, cut", [("cpu", False, "in tiles of 512 along q by 512 along k"),
-                                                   ("cpu", True, "in chunks of 52 along q"),
-                                                   ("cuda", False, "in chunks of 52 along q")])
+@pytest.mark.parametrize(
+    "device, compiled, cut",
+    [
+        ("cpu", False, "in tiles of 512 along q by 512 along k"),
+        ("cpu", True, "in chunks of 52 along q"),
+        ("cuda", False, "in chunks of 52 along q"),
+    ],
+)
 def test_a_reduction_that_keeps_the_rows_is_tiled_for_eager_cpu_code_only(device, compiled, cut):
     # torch.compile would unroll every tile of the loop; a GPU's GEMM wants the full-width chunk
     plan = plan_for("q d, k d -> q | logsumexp k", *WHOLE, device=device, compiled=compiled)

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import einplan
-from einplan.chunking import TILE_COLUMNS, TILE_WIDTH
 from conftest import (
     ALL_LOWERINGS,
     IMPLEMENTED,
@@ -25,6 +24,7 @@ from conftest import (
     lowering_id,
     random_tensors,
 )
+from einplan.chunking import TILE_COLUMNS, TILE_WIDTH
 
 F64 = torch.float64
 
@@ -104,9 +104,7 @@ def test_table_translator_agrees_with_hand_spelling():
         if re.search(r"(^|[ ,])1( |,|$)", pattern):
             continue  # literal 1 axes: spelled with a size-1 letter by hand
         tensors = random_tensors(shapes, F64, seed=3)
-        torch.testing.assert_close(
-            torch.einsum(einplan_to_einsum(pattern), *tensors), torch.einsum(equation, *tensors), msg=name
-        )
+        torch.testing.assert_close(torch.einsum(einplan_to_einsum(pattern), *tensors), torch.einsum(equation, *tensors), msg=name)
 
 
 # --- seed recipes against the seeds' own matmul spellings --------------------------------------
@@ -128,12 +126,19 @@ def _seed_recipes():
         ("vecmat-batched", "b1 b2 m, b1 b2 m n -> b1 b2 n", (lm, L4), (lm[..., None, :] @ L4).squeeze(-2)),
         ("dot", "b1 b2 n, b1 b2 n -> b1 b2", (lv, rv), (lv * rv).sum(-1)),
         ("outer", "b1 b2 m, b1 b2 n -> b1 b2 m n", (lm, lv), lm[..., None] @ lv[..., None, :]),
-        ("quadratic-A1", "b1 b2 n, b1 b2 n n, b1 b2 n -> b1 b2", (lv, A1, lv),
-         (lv[..., None, :] @ A1 @ lv[..., None]).squeeze(-1).squeeze(-1)),
-        ("quadratic-A2", "b1 b2 n, n n, b1 b2 n -> b1 b2", (lv, A2, lv),
-         (lv[..., None, :] @ A2 @ lv[..., None]).squeeze(-1).squeeze(-1)),
-        ("quadratic-A2-l-r", "b1 b2 n, n n, b1 b2 n -> b1 b2", (lv, A2, rv),
-         (lv[..., None, :] @ A2 @ rv[..., None]).squeeze(-1).squeeze(-1)),
+        (
+            "quadratic-A1",
+            "b1 b2 n, b1 b2 n n, b1 b2 n -> b1 b2",
+            (lv, A1, lv),
+            (lv[..., None, :] @ A1 @ lv[..., None]).squeeze(-1).squeeze(-1),
+        ),
+        ("quadratic-A2", "b1 b2 n, n n, b1 b2 n -> b1 b2", (lv, A2, lv), (lv[..., None, :] @ A2 @ lv[..., None]).squeeze(-1).squeeze(-1)),
+        (
+            "quadratic-A2-l-r",
+            "b1 b2 n, n n, b1 b2 n -> b1 b2",
+            (lv, A2, rv),
+            (lv[..., None, :] @ A2 @ rv[..., None]).squeeze(-1).squeeze(-1),
+        ),
         ("seed000-matvec", "b n, m n -> b m", (B0, M), torch.matmul(M, B0.transpose(0, 1)).transpose(0, 1)),
         ("seed000-matvec-n1", "m n, b n 1 -> b m", (M, B1), torch.matmul(M, B1).squeeze(2)),
     ]
@@ -202,10 +207,13 @@ def test_quadratic_form_code_is_matmul_then_multiply_sum(default_cost_model, dty
         assert copy not in source, source
 
 
-@pytest.mark.parametrize("pattern, equation", [
-    (QF, "abn,nm,abm->ab"),
-    ("i j, j k, i k -> i", "ij,jk,ik->i"),
-])
+@pytest.mark.parametrize(
+    "pattern, equation",
+    [
+        (QF, "abn,nm,abm->ab"),
+        ("i j, j k, i k -> i", "ij,jk,ik->i"),
+    ],
+)
 def test_multiply_in_place_writes_only_the_plans_own_tensors(default_cost_model, pattern, equation):
     """The step after a matmul multiplies into the matmul's result: inputs stay as they were,
     also when one tensor is passed twice, and gradients are autograd's."""
@@ -218,10 +226,10 @@ def test_multiply_in_place_writes_only_the_plans_own_tensors(default_cost_model,
     got = einplan.bl(pattern, *tensors)
     want = torch.einsum(equation, *tensors)
     assert_matches(got.detach(), want.detach(), pattern)
-    for t, b in zip(tensors, before):
+    for t, b in zip(tensors, before, strict=True):
         assert torch.equal(t.detach(), b), "an input was written"
     leaves = list(dict.fromkeys(tensors))
-    for g, w in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), leaves)):
+    for g, w in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), leaves), strict=True):
         assert_matches(g, w, f"{pattern}: gradient")
 
 
@@ -247,22 +255,28 @@ def test_composite_axis(lowering):
 # --- SPEC, meaning 4: named groups, fixed sizes, literal 1s, composites -------------------------
 
 FORMS = [
-    ("named-group", "*batch n, n m -> *batch m", lambda x, W: torch.einsum("xyn,nm->xym", x, W),
-     [(2, 3, 4), (4, 5)], {}),
-    ("two-named-groups", "*b i, *c i -> *b *c", lambda x, y: torch.einsum("xi,yzi->xyz", x, y),
-     [(2, 4), (3, 5, 4)], {}),
+    ("named-group", "*batch n, n m -> *batch m", lambda x, W: torch.einsum("xyn,nm->xym", x, W), [(2, 3, 4), (4, 5)], {}),
+    ("two-named-groups", "*b i, *c i -> *b *c", lambda x, y: torch.einsum("xi,yzi->xyz", x, y), [(2, 4), (3, 5, 4)], {}),
     ("named-group-broadcast", "*b i, *b i -> *b", lambda x, y: (x * y).sum(-1), [(2, 1, 4), (5, 4)], {}),
     ("named-group-summed", "*b i, i -> ", lambda x, v: torch.einsum("xyi,i->", x, v), [(2, 3, 4), (4,)], {}),
     ("fixed-size", "b 3, 3 k -> b k", lambda x, W: x @ W, [(2, 3), (3, 4)], {}),
-    ("literal-1-in-and-out", "b n 1, n m -> b 1 m", lambda x, W: (x.squeeze(-1) @ W)[:, None, :],
-     [(2, 4, 1), (4, 5)], {}),
-    ("composite-merge-output", "b h d, h d e -> b (h e)",
-     lambda x, W: torch.einsum("bhd,hde->bhe", x, W).reshape(2, 15), [(2, 3, 4), (3, 4, 5)], {}),
-    ("composite-split-input", "(b1 b2) n, n m -> b1 b2 m",
-     lambda x, W: (x @ W).reshape(2, 3, 5), [(6, 4), (4, 5)], {"b1": 2}),
+    ("literal-1-in-and-out", "b n 1, n m -> b 1 m", lambda x, W: (x.squeeze(-1) @ W)[:, None, :], [(2, 4, 1), (4, 5)], {}),
+    (
+        "composite-merge-output",
+        "b h d, h d e -> b (h e)",
+        lambda x, W: torch.einsum("bhd,hde->bhe", x, W).reshape(2, 15),
+        [(2, 3, 4), (3, 4, 5)],
+        {},
+    ),
+    ("composite-split-input", "(b1 b2) n, n m -> b1 b2 m", lambda x, W: (x @ W).reshape(2, 3, 5), [(6, 4), (4, 5)], {"b1": 2}),
     ("composite-split-contracted", "b (h d), (h d) e -> b e", lambda x, W: x @ W, [(2, 12), (12, 5)], {"h": 3}),
-    ("ellipsis-middle", "i ... j, j ... k -> i ... k", lambda x, y: torch.einsum("i...j,j...k->i...k", x, y),
-     [(3, 1, 2, 2), (2, 2, 3, 1, 4)], {}),
+    (
+        "ellipsis-middle",
+        "i ... j, j ... k -> i ... k",
+        lambda x, y: torch.einsum("i...j,j...k->i...k", x, y),
+        [(3, 1, 2, 2), (2, 2, 3, 1, 4)],
+        {},
+    ),
 ]
 
 
@@ -284,8 +298,7 @@ DTYPE_PATTERNS = [
     ("n n -> n", "ii->i", [(3, 3)]),
     ("a b, c d -> a b c d", "ab,cd->abcd", [(2, 3), (2, 2)]),
 ]
-OTHER_DTYPES = [torch.int64, torch.int32, torch.int16, torch.uint8, torch.complex128, torch.complex64,
-                torch.float16, torch.bfloat16]
+OTHER_DTYPES = [torch.int64, torch.int32, torch.int16, torch.uint8, torch.complex128, torch.complex64, torch.float16, torch.bfloat16]
 
 
 def _values(shape, dtype, g):
@@ -355,7 +368,7 @@ def test_reducer_clauses_right_or_refused(case, lowering, memory_limit):
     want = reference(Q, K)
     if isinstance(want, tuple):
         assert isinstance(got, tuple) and len(got) == len(want), (pattern, got)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert g.dtype == torch.int64 and torch.equal(g, w), (pattern, got, want)
     elif want.dtype == torch.int64:
         assert got.dtype == torch.int64 and torch.equal(got, want), (pattern, got, want)
@@ -407,7 +420,7 @@ def test_chunked_arg_reduction_over_several_axes_is_torchs_first_index(case, red
     assert plan.steps[-1].kind == einplan.CHUNKED, einplan.explain(pattern, *tensors, memory_limit=2048)
     got = einplan.bl(pattern, *tensors, memory_limit=2048)
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.dtype == torch.int64 and torch.equal(g, w), (pattern, data, got, want)
 
 
@@ -467,7 +480,7 @@ def test_tiled_max_and_min_and_their_gradients_are_torchs(order, reducer):
     got = einplan.bl(pattern, a, b, memory_limit=TILED_LIMIT)
     want = getattr(torch, f"a{reducer}")(torch.einsum(equation, a, b))
     assert_matches(got.detach(), want.detach(), pattern)
-    for g, w in zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b))):
+    for g, w in zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b)), strict=True):
         assert_matches(g, w, f"{pattern}: gradient")
 
 

@@ -12,7 +12,6 @@ from einplan import cost
 from einplan.plan import CHUNKED, ELEMENTWISE, MATMUL, UNROLLED
 from einplan.runtime import plan_for
 
-
 pytestmark = pytest.mark.usefixtures("shipped_cost_model")
 
 
@@ -62,7 +61,9 @@ def test_tiny_batched_matrices_are_priced_as_torchs_loop_not_a_gemm():
     (large,) = [c for c in plan_for("b i j, b j k -> b i k", (1000, 8, 8), (1000, 8, 8)).steps[0].candidates if c.lowering == MATMUL]
     assert large.estimate.loop_matrices == 0 and large.estimate.gemm_flops == 2 * 1000 * 8**3 and large.estimate.matrices == 1000
     # CUDA has no such loop
-    (gpu,) = [c for c in plan_for("b i j, b j k -> b i k", (1000, 4, 4), (1000, 4, 4), device="cuda").steps[0].candidates if c.lowering == MATMUL]
+    (gpu,) = [
+        c for c in plan_for("b i j, b j k -> b i k", (1000, 4, 4), (1000, 4, 4), device="cuda").steps[0].candidates if c.lowering == MATMUL
+    ]
     assert gpu.estimate.loop_matrices == 0 and gpu.estimate.gemm_flops > 0
 
 

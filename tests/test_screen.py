@@ -19,8 +19,8 @@ import torch
 import einplan
 from einplan import cost
 from einplan.plan import CHUNKED
-from einplan.screen import BFLOAT16_UNIT, screen_error
 from einplan.runtime import plan_for
+from einplan.screen import BFLOAT16_UNIT, screen_error
 
 MiB = 2**20
 F32 = torch.float32
@@ -141,7 +141,7 @@ def test_screened_gradients_are_torchs(reducer):
     got = einplan.bl(pattern, a, b)
     want = getattr(torch, f"a{reducer}")(a @ b.T)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
-    for g, w in zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b))):
+    for g, w in zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b)), strict=True):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=0)
 
 
@@ -229,7 +229,10 @@ def test_screened_peak_stays_under_the_limit(pattern, tmp_path):
     assert subprocess.run([sys.executable, "-c", check], env=env).returncode == 0
     result = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, pattern, "8000", "8000", "64", str(limit)],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     extra = int(result.stdout.strip().splitlines()[-1])

@@ -99,9 +99,7 @@ class _Sizes:
                 detail = ", ".join(f"{w} has {s}" for s, w in observations)
                 if base.isdigit():
                     detail += f"; the pattern fixes it at {base}"
-                raise ShapeError(
-                    f"axis {base!r} has conflicting sizes in '{self.resolved.pattern.source}': {detail}"
-                )
+                raise ShapeError(f"axis {base!r} has conflicting sizes in '{self.resolved.pattern.source}': {detail}")
             result[base] = observations[0][0]
         return result
 
@@ -205,9 +203,7 @@ def _broadcast_ellipses(resolved, shapes, lengths) -> dict[str, int]:
             distinct = {s for s, _ in observed.get(dim_id, [])} - {1}
             if len(distinct) > 1:
                 detail = ", ".join(f"operand {i} has {s}" for s, i in observed[dim_id])
-                raise ShapeError(
-                    f"dim {k} of {group!r} does not broadcast: {detail} (in '{resolved.pattern.source}')"
-                )
+                raise ShapeError(f"dim {k} of {group!r} does not broadcast: {detail} (in '{resolved.pattern.source}')")
             sizes[dim_id] = distinct.pop() if distinct else 1
     return sizes
 
@@ -257,16 +253,11 @@ def _check_call(resolved: Resolved, shapes, keywords: dict[str, int]) -> None:
     """As many shapes as operands; keyword sizes name axes of the pattern and are sizes."""
     pattern = resolved.pattern
     if len(shapes) != len(resolved.inputs):
-        raise ShapeError(
-            f"'{pattern.source}' has {len(resolved.inputs)} operand(s), but "
-            f"{len(shapes)} tensor(s) were given"
-        )
+        raise ShapeError(f"'{pattern.source}' has {len(resolved.inputs)} operand(s), but {len(shapes)} tensor(s) were given")
     all_bases = {a.base for items in resolved.inputs for a in axes_of(items)}
     for name, value in keywords.items():
         if name not in all_bases:
-            raise PatternError(
-                f"size given for axis {name!r}, which '{pattern.source}' does not have"
-            )
+            raise PatternError(f"size given for axis {name!r}, which '{pattern.source}' does not have")
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ShapeError(f"size of axis {name!r} must be a non-negative int, got {value!r}")
 
@@ -333,9 +324,7 @@ def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, key
     _split_composites(resolved, comps, sizes)
     groups = {group: tuple(_ell_id(group, k) for k in range(n)) for group, n in longest.items()}
     id_sizes, bases = _id_sizes(resolved, sizes.check(), ell_sizes, groups)
-    operands = tuple(
-        BoundOperand(tuple(id_sizes[a] for a in axes) if changed else None, tuple(axes)) for axes, changed in raw
-    )
+    operands = tuple(BoundOperand(tuple(id_sizes[a] for a in axes) if changed else None, tuple(axes)) for axes, changed in raw)
     output_axes, output_shape = _output(resolved, groups, id_sizes)
     # ellipsis dims absent from the output are summed, as in torch.einsum
     return Bound(

@@ -66,23 +66,17 @@ def shapes_from_sizes(pattern: str, sizes: dict[str, int]) -> list[tuple[int, ..
     names = sorted(resolved.names)
     unknown = [n for n in sizes if n not in names]
     if unknown:
-        raise PatternError(
-            f"size given for axis {unknown[0]!r}, which '{pattern}' does not have (its axes: {', '.join(names)})"
-        )
+        raise PatternError(f"size given for axis {unknown[0]!r}, which '{pattern}' does not have (its axes: {', '.join(names)})")
     missing = [n for n in names if n not in sizes]
     if missing:
         given = " ".join(f"{n}={s}" for n, s in sizes.items())
         raise ShapeError(
-            f"no size for axis {missing[0]!r} of '{pattern}': add {missing[0]}=... to --size"
-            + (f" (given: {given})" if given else "")
+            f"no size for axis {missing[0]!r} of '{pattern}': add {missing[0]}=... to --size" + (f" (given: {given})" if given else "")
         )
     for items in resolved.inputs:
         for item in items:
             if isinstance(item, Ell):
-                raise ShapeError(
-                    f"'{pattern}' has {item.group!r}, whose number of dims sizes cannot tell: "
-                    f"give the operand shapes with -s"
-                )
+                raise ShapeError(f"'{pattern}' has {item.group!r}, whose number of dims sizes cannot tell: give the operand shapes with -s")
     return [operand_shape(items, sizes.__getitem__) for items in resolved.inputs]
 
 
@@ -109,9 +103,7 @@ def operands(pattern: str, shapes: Sequence[str], sizes: Sequence[str]) -> tuple
         return [parse_shape(s) for s in shapes], by_axis
     if not by_axis:
         count = len(resolve(pattern).inputs)
-        raise UsageError(
-            f"give the shapes of the {count} operand(s) with -s (e.g. -s 80x20x64) or the axis sizes with --size"
-        )
+        raise UsageError(f"give the shapes of the {count} operand(s) with -s (e.g. -s 80x20x64) or the axis sizes with --size")
     return shapes_from_sizes(pattern, by_axis), {}
 
 
@@ -312,8 +304,18 @@ def cmd_codegen(args) -> int:
     kernels: list[Kernel] = []
     for name, pattern, shapes, sizes in _kernel_specs(args):
         kernels.append(
-            kernel(pattern, *shapes, dtype=dtype, device=device, name=name, check=False,
-                   lowering=args.lowering, memory_limit=memory_limit, compiled=args.compiled, **sizes)
+            kernel(
+                pattern,
+                *shapes,
+                dtype=dtype,
+                device=device,
+                name=name,
+                check=False,
+                lowering=args.lowering,
+                memory_limit=memory_limit,
+                compiled=args.compiled,
+                **sizes,
+            )
         )
     text = module_source(kernels, title=args.title)
     if args.output in (None, "-"):
@@ -342,8 +344,9 @@ def cmd_bench(args) -> int:
     rows: list[tuple[str, float | None, str]] = []
     for lowering in planner.LOWERINGS:
         try:
-            forced = kernel(args.pattern, *shapes, dtype=dtype, device=device, check=False,
-                            lowering=lowering, memory_limit=memory_limit, **sizes)
+            forced = kernel(
+                args.pattern, *shapes, dtype=dtype, device=device, check=False, lowering=lowering, memory_limit=memory_limit, **sizes
+            )
         except EinplanError as error:
             rows.append((lowering, None, str(error).splitlines()[0]))
             continue
@@ -384,8 +387,10 @@ def _measure(fn, tensors, expected, device, repeat) -> tuple[float, str]:
 def cmd_tune(args) -> int:
     tune = getattr(cost, "tune", None)
     if tune is None:
-        print("einplan tune: tuning is not available yet in this version of einplan; "
-              "the planner uses its built-in CPU and CUDA constants.", file=sys.stderr)
+        print(
+            "einplan tune: tuning is not available yet in this version of einplan; the planner uses its built-in CPU and CUDA constants.",
+            file=sys.stderr,
+        )
         return 1
     parameters = inspect.signature(tune).parameters
     kwargs: dict[str, Any] = {}
@@ -395,7 +400,7 @@ def cmd_tune(args) -> int:
         kwargs["quick"] = True
     print(f"einplan tune: measuring the cost model's constants on {args.device} ...", flush=True)
     result = tune(**kwargs)
-    model, path = (result if isinstance(result, tuple) and len(result) == 2 else (result, None))
+    model, path = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
     if dataclasses.is_dataclass(model) and not isinstance(model, type):
         for field, value in dataclasses.asdict(model).items():
             print(f"  {field:<18} {value:.4g}" if isinstance(value, float) else f"  {field:<18} {value}")

@@ -121,10 +121,6 @@ def statements(stmts, indent: str = "    ") -> list[str]:
     return lines
 
 
-def annotation(kind: str, dims: str) -> str:
-    return f"{kind}[Tensor, {dims!r}]"
-
-
 def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, body) -> str:
     """The source of one function: ``def name(x0: Float[Tensor, "..."], ...) -> ...``."""
     if not name.isidentifier():

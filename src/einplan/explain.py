@@ -33,18 +33,12 @@ def _step(number: int, step: planner.Step, plan: planner.Plan) -> list[str]:
     lines = [f"  {number}. {step.kind:<18} {step.description}"]
     if step.estimate is not None:
         e = step.estimate
-        lines.append(
-            f"     {human(e.flops)} FLOPs, {human(e.bytes)}B moved, {e.ops:g} torch op(s), "
-            f"{human(e.memory)}B allocated"
-        )
+        lines.append(f"     {human(e.flops)} FLOPs, {human(e.bytes)}B moved, {e.ops:g} torch op(s), {human(e.memory)}B allocated")
     for candidate in step.candidates:
         mark = "*" if candidate.lowering == step.kind else " "
         terms = plan.model.breakdown(candidate.estimate)
         main = max(terms, key=lambda term: terms[term])
-        lines.append(
-            f"     {mark} {candidate.lowering:<18} est. {candidate.seconds * 1e6:9.1f} us"
-            f"  (mostly {main})"
-        )
+        lines.append(f"     {mark} {candidate.lowering:<18} est. {candidate.seconds * 1e6:9.1f} us  (mostly {main})")
     return lines + _why(step, plan)
 
 

@@ -64,14 +64,11 @@ def dynamic_names(dynamic: str | Iterable[str], resolved: Resolved) -> tuple[str
             raise TypeError(f"dynamic takes axis names (str), got {name!r}")
         if name.rstrip("'") != name:
             raise PatternError(
-                f"dynamic axis {name!r}: name the axis without primes ({name.rstrip(chr(39))!r}); "
-                f"a primed axis shares its size"
+                f"dynamic axis {name!r}: name the axis without primes ({name.rstrip(chr(39))!r}); a primed axis shares its size"
             )
         if name not in resolved.names and name not in resolved.groups:
             known = ", ".join(sorted(resolved.names) + sorted(resolved.groups)) or "none"
-            raise PatternError(
-                f"dynamic axis {name!r} is not an axis of '{resolved.pattern.source}' (its axes: {known})"
-            )
+            raise PatternError(f"dynamic axis {name!r} is not an axis of '{resolved.pattern.source}' (its axes: {known})")
     return names
 
 
@@ -116,10 +113,7 @@ def mismatch(name: str, planned: Bound, bound: Bound, dynamic: Sequence[str], sh
     where = _where(planned.resolved, base, shapes)
     if old is None or new is None:
         count = len(planned.groups.get(base, ()))
-        return (
-            f"{base!r} covers another number of dims here ({where}) than the "
-            f"{count} kernel {name!r} was planned for; {rule}"
-        )
+        return f"{base!r} covers another number of dims here ({where}) than the {count} kernel {name!r} was planned for; {rule}"
     label = f"dim {planned.groups[base].index(axis_id)} of {base!r}" if base in planned.groups else f"axis {base!r}"
     return (
         f"{label} is {new} in this call ({where}), but kernel {name!r} "

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import lark
 
@@ -144,11 +145,19 @@ def _parser() -> lark.Lark:
 # --- tree -> AST -----------------------------------------------------------------
 
 
-def _token_column(token: lark.Token) -> int:
+def _token_column(token: Any) -> int:
     return token.start_pos or 0
 
 
-def _axis(tree: lark.Tree | lark.Token) -> Axis:
+def _name(token: Any) -> Name:
+    """A name token, its primes counted."""
+    text = str(token)
+    bare = text.rstrip("'")
+    return Name(bare, len(text) - len(bare), _token_column(token))
+
+
+def _axis(tree: Any) -> Axis:
+    """One axis of lark's tree (its nodes are untyped: ``Any`` at this boundary)."""
     kind = tree.data
     if kind == "group":
         items = tuple(_axis(child) for child in tree.children)
@@ -156,9 +165,7 @@ def _axis(tree: lark.Tree | lark.Token) -> Axis:
     token = tree.children[0]
     column = _token_column(token)
     if kind == "name":
-        text = str(token)
-        bare = text.rstrip("'")
-        return Name(bare, len(text) - len(bare), column)
+        return _name(token)
     if kind == "literal":
         return Literal(int(token), column)
     if kind == "ellipsis":
@@ -168,17 +175,17 @@ def _axis(tree: lark.Tree | lark.Token) -> Axis:
     raise AssertionError(f"unknown axis node {kind}")  # pragma: no cover
 
 
-def _operand(tree: lark.Tree, fallback_column: int) -> Operand:
+def _operand(tree: Any, fallback_column: int) -> Operand:
     axes = tuple(_axis(child) for child in tree.children)
     column = axes[0].column if axes else fallback_column
     return Operand(axes, column)
 
 
-def _clause(tree: lark.Tree) -> Clause:
+def _clause(tree: Any) -> Clause:
     reducer, *names = tree.children
     return Clause(
         str(reducer),
-        tuple(_axis(lark.Tree("name", [n])) for n in names),  # type: ignore[misc]
+        tuple(_name(n) for n in names),
         _token_column(reducer),
     )
 
@@ -202,8 +209,9 @@ def _describe_expected(expected: set[str]) -> str:
 
 
 def _syntax_error(pattern: str, error: lark.exceptions.LarkError) -> PatternSyntaxError:
+    column: int
     if isinstance(error, lark.exceptions.UnexpectedCharacters):
-        column = error.pos_in_stream
+        column = error.pos_in_stream or 0
         char = pattern[column] if column < len(pattern) else ""
         if char == "-" and pattern[column : column + 2] != "->":
             message = "expected '->'"
@@ -211,10 +219,7 @@ def _syntax_error(pattern: str, error: lark.exceptions.LarkError) -> PatternSynt
             end = column + 1
             while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'"):
                 end += 1
-            message = (
-                f"{pattern[column:end]!r} is not a named group: write '*' then a name "
-                "(a letter or '_' first, no primes)"
-            )
+            message = f"{pattern[column:end]!r} is not a named group: write '*' then a name (a letter or '_' first, no primes)"
         elif char == ".":
             end = column
             while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'."):
@@ -269,12 +274,11 @@ def parse(pattern: str) -> Pattern:
         raise TypeError(f"an einplan pattern is a str, not {type(pattern).__name__}")
     if len(pattern) > MAX_PATTERN_LENGTH:
         raise PatternSyntaxError(
-            f"invalid einplan pattern: {len(pattern)} characters is longer than "
-            f"the limit of {MAX_PATTERN_LENGTH}: {pattern[:60]!r}..."
+            f"invalid einplan pattern: {len(pattern)} characters is longer than the limit of {MAX_PATTERN_LENGTH}: {pattern[:60]!r}..."
         )
     _check_nesting(pattern)
     try:
-        tree = _parser().parse(pattern)
+        tree: Any = _parser().parse(pattern)
     except lark.exceptions.LarkError as error:
         raise _syntax_error(pattern, error) from None
     inputs_tree, output_tree, *clause_trees = tree.children

@@ -91,9 +91,7 @@ def shapes_of(tensors_or_shapes, dtype, device):
             shapes.append(tuple(item.shape))
             dtypes.append(item.dtype)
             devices.append(item.device)
-        elif isinstance(item, (tuple, list, torch.Size)) and all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in item
-        ):
+        elif isinstance(item, (tuple, list, torch.Size)) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in item):
             shapes.append(tuple(item))
         else:
             raise TypeError(f"operand {k}: expected a tensor or a shape (a tuple of ints), got {item!r}")

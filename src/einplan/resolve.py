@@ -150,11 +150,7 @@ def _chain_ids(pattern: Pattern) -> tuple[list[list[str]], dict[str, list[str]]]
         for axis in occurrences:
             count[_text(axis)] = count.get(_text(axis), 0) + 1
     texts = {t for count in counts for t in count}
-    chains = {
-        t
-        for t in texts
-        if any(c.get(t, 0) >= 2 for c in counts) and sum(1 for c in counts if t in c) >= 2
-    }
+    chains = {t for t in texts if any(c.get(t, 0) >= 2 for c in counts) and sum(1 for c in counts if t in c) >= 2}
     used = texts | {_text(a) for a in _flat_names(pattern.output.axes)}
     for clause in pattern.clauses:
         used |= {n.text for n in clause.names}
@@ -266,9 +262,7 @@ def _resolve_output(pattern: Pattern, chains: dict[str, list[str]], input_ids: l
 
 
 def _primed_inputs(pattern: Pattern, input_ids: list[list[str]]) -> str:
-    return ", ".join(
-        spell(_rebuild(op.axes, iter(ids), pattern)) for op, ids in zip(pattern.inputs, input_ids, strict=True)
-    ) + " -> ..."
+    return ", ".join(spell(_rebuild(op.axes, iter(ids), pattern)) for op, ids in zip(pattern.inputs, input_ids, strict=True)) + " -> ..."
 
 
 def _check_ellipses(pattern: Pattern, operand: Operand, where: str) -> None:
@@ -276,9 +270,7 @@ def _check_ellipses(pattern: Pattern, operand: Operand, where: str) -> None:
     for axis in operand.axes:
         if isinstance(axis, Ellipsis_):
             if axis.text in seen:
-                raise _error(
-                    PatternError, pattern, axis.column, f"{axis.text!r} appears twice in {where}"
-                )
+                raise _error(PatternError, pattern, axis.column, f"{axis.text!r} appears twice in {where}")
             if seen and where == "one operand":
                 raise _error(
                     UnsupportedError,
@@ -326,15 +318,11 @@ def _validate(pattern: Pattern, inputs, output, clauses) -> None:
         seen_out.add(axis.id)
     for item in output:
         if isinstance(item, Ell) and item.group != "..." and item.group not in input_groups:
-            raise _error(
-                PatternError, pattern, item.column, f"output group {item.group!r} is in no input"
-            )
+            raise _error(PatternError, pattern, item.column, f"output group {item.group!r} is in no input")
     reduced: set[str] = set()
     for index, ((reducer, ids), clause) in enumerate(zip(clauses, pattern.clauses, strict=True)):
         if reducer in ("argmax", "argmin") and index != len(clauses) - 1:
-            raise _error(
-                PatternError, pattern, clause.column, f"{reducer} may only be the last clause"
-            )
+            raise _error(PatternError, pattern, clause.column, f"{reducer} may only be the last clause")
         for i, name in zip(ids, clause.names, strict=True):
             if i not in input_ids:
                 raise _error(PatternError, pattern, name.column, f"clause axis {i!r} is in no input")
@@ -346,9 +334,7 @@ def _validate(pattern: Pattern, inputs, output, clauses) -> None:
                     f"clause axis {i!r} is also in the output; a clause reduces axes the output drops",
                 )
             if i in reduced:
-                raise _error(
-                    PatternError, pattern, name.column, f"axis {i!r} is reduced twice by the clauses"
-                )
+                raise _error(PatternError, pattern, name.column, f"axis {i!r} is reduced twice by the clauses")
             reduced.add(i)
 
 
@@ -358,12 +344,8 @@ def resolve(pattern_text: str) -> Resolved:
     pattern = parse(pattern_text)
     input_ids, chains = _chain_ids(pattern)
     output_ids, clause_ids = _resolve_output(pattern, chains, input_ids)
-    inputs = tuple(
-        _rebuild(op.axes, iter(ids), pattern) for op, ids in zip(pattern.inputs, input_ids, strict=True)
-    )
+    inputs = tuple(_rebuild(op.axes, iter(ids), pattern) for op, ids in zip(pattern.inputs, input_ids, strict=True))
     output = _rebuild(pattern.output.axes, iter(output_ids), pattern)
     clauses = tuple((c.reducer, tuple(ids)) for c, ids in zip(pattern.clauses, clause_ids, strict=True))
     _validate(pattern, inputs, output, clauses)
     return Resolved(pattern, inputs, output, clauses)
-
-

@@ -40,9 +40,7 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: str | None = None, memory
     if is_compiling():
         return traced_bl(pattern, tensors, lowering, memory_limit, sizes)
     try:
-        program = programs.lookup(
-            pattern, tuple(map(metadata, tensors)), tuple(sizes.items()) if sizes else (), lowering, memory_limit
-        )
+        program = programs.lookup(pattern, tuple(map(metadata, tensors)), tuple(sizes.items()) if sizes else (), lowering, memory_limit)
     except AttributeError:
         check_tensors(tensors)
         raise

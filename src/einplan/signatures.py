@@ -147,9 +147,7 @@ def _output_sizes(bound: Bound) -> list:
     return sizes
 
 
-def dims(
-    resolved: Resolved, bound: Bound | None = None, shapes=None, symbolic: frozenset = NO_AXES
-) -> tuple[tuple[str, ...], str]:
+def dims(resolved: Resolved, bound: Bound | None = None, shapes=None, symbolic: frozenset = NO_AXES) -> tuple[tuple[str, ...], str]:
     """jaxtyping dims of each input and of the output.
 
     Without ``bound`` and ``shapes`` every axis is named; with them, each size
@@ -229,8 +227,7 @@ def jaxtyping_check(resolved: Resolved, shapes, dtype: torch.dtype) -> None:
     except Exception as error:  # jaxtyping raises TypeCheckError (a TypeError) and others
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ShapeError(
-            f"jaxtyping rejects the shapes {[tuple(s) for s in shapes]} for "
-            f"'{resolved.pattern.source}' ({', '.join(input_dims)}): {first}"
+            f"jaxtyping rejects the shapes {[tuple(s) for s in shapes]} for '{resolved.pattern.source}' ({', '.join(input_dims)}): {first}"
         ) from None
 
 
