@@ -172,15 +172,20 @@ def _grouped(value: Value, groups: list[list[str]]) -> ir.Expr:
 
 
 def _ungrouped(expr: ir.Expr, groups: list[list[str]], step: Contraction) -> ir.Expr:
-    """The inverse of ``_grouped`` on a result: dims of empty groups dropped, merged ones split
-    (a free axis's size as -1)."""
+    """The inverse of ``_grouped`` on a result: merged dims split (a free axis's size as -1),
+    then the dims of empty groups dropped in one ``squeeze``."""
     for position in reversed(range(len(groups))):
         group = groups[position]
-        if not group:
-            expr = ir.Method(expr, "squeeze", (ir.Const(position),))
-        elif len(group) > 1:
+        if len(group) > 1:
             shape = tuple(-1 if x in step.free else step.sizes[x] for x in group)
             expr = ir.Method(expr, "unflatten", (ir.Const(position), ir.Const(shape, step.fixed(group))))
+    empty, position = [], 0
+    for group in groups:
+        if not group:
+            empty.append(position)
+        position += max(len(group), 1)
+    if empty:
+        expr = ir.Method(expr, "squeeze", (ir.Const(empty[0] if len(empty) == 1 else tuple(empty)),))
     return expr
 
 
