@@ -34,7 +34,7 @@ from .clauses import (
     strictly_better,
 )
 from .contraction import Context, Value, numel
-from .lowerings import REGISTRY
+from .lowerings import MATMUL, REGISTRY
 
 # --- emitting: one loop per cut axis ------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class Loops:
         assert self.buffer is not None
         return ir.Index(ir.Var(self.buffer), tuple(items)) if items else ir.Var(self.buffer)
 
-    def contract(self, parts: list[Value], grad: bool = True, role: str = "scores") -> tuple[list, Value]:
+    def contract(self, parts: list[Value], grad: bool = True) -> tuple[list, Value]:
         """One chunk (tile) of the contraction; returns (statements, its value)."""
         step = replace(self.chunk, a=parts[0], b=parts[1])
         lowered = REGISTRY[self.chunking.inner].emit(step, self.context)
@@ -119,7 +119,7 @@ class Loops:
         comment = f"{self.chunking.inner}: {self.chunking.step.describe(lowered.axes)} for this {self.piece}"
         if lowered.setup and isinstance(expr, ir.Var):
             return list(lowered.setup), Value(expr.name, lowered.axes)
-        var = self.names.fresh(role)
+        var = self.names.fresh("scores" if self.chunking.inner == MATMUL else "product")
         return [*lowered.setup, ir.Assign(var, expr, comment)], Value(var, lowered.axes)
 
     def over_rows(self, values, body: Callable[[ir.Expr, list[Value]], list]) -> list:
@@ -151,8 +151,8 @@ def _emit_rows(loops: Loops) -> tuple[list, list[Value]]:
     for reducer, _ in job.clauses:
         dtype = clause_dtype(reducer, dtype)
     shape = sized(tuple(chunking.step.sizes[x] for x in axes), axes)
-    results = [Value(names.fresh("result"), axes) for _ in range(len(job.clauses[-1][1]) if arg else 1)]
     statements = loops.buffer_setup()
+    results = [Value(names.fresh("result"), axes) for _ in range(len(job.clauses[-1][1]) if arg else 1)]
     statements += [ir.Assign(r.var, new_tensor("torch.empty", shape, dtype), "result, filled chunk by chunk") for r in results]
     rows = ir.Const(chunking.rows, loops.size_tag(chunking.axis))
 
