@@ -2,7 +2,7 @@
 
     python benchmarks/compare.py --base /tmp/einplan-base/src --new src [--quick] [--only W3] [--rounds 3]
 
-Each round runs one subprocess per side, base then new, each importing einplan
+Each round runs one subprocess per side, base first in even rounds and new first in odd ones, each importing einplan
 from its side's source tree and timing the einplan rows of the workloads
 (``einplan.bl``, the kernel and forced-lowering rows; ``--compile`` adds the
 torch.compile rows, which compile afresh in every subprocess).  Both sides use
@@ -109,7 +109,7 @@ def report(base: list, new: list, args) -> None:
     names = list(dict.fromkeys([name for side in base + new for name in side]))
     width = max(len(n) for n in names) + 2 if names else 10
     threads = f"{args.threads} thread(s)" if args.threads else "torch's default threads"
-    print(f"\nCPU: {cpu_name()}; {threads}; {args.rounds} rounds, alternating base/new; medians over rounds of each run's median")
+    print(f"\nCPU: {cpu_name()}; {threads}; {args.rounds} rounds, order alternating each round; medians over rounds of each run's median")
     print(f"base: {args.base}\nnew:  {args.new}\n")
     print(f"{'row':<{width}}{'base':>13}{'new':>13}{'new/base':>10}")
     ratios = []
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         return worker(args.worker, args.quick, args.only, args.compile, args.threads)
     base, new = [], []
     for i in range(args.rounds):
-        for side, src, out in (("base", args.base, base), ("new", args.new, new)):
+        sides = [("base", args.base, base), ("new", args.new, new)]
+        for side, src, out in sides if i % 2 == 0 else sides[::-1]:  # ABBA: neither side always runs first
             print(f"round {i + 1}/{args.rounds}: {side} ({src})", flush=True)
             out.append(run_side(src, args))
     report(base, new, args)
