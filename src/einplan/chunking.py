@@ -165,13 +165,16 @@ def price(job: Job, context: Context, budget: int) -> Chunking | None:
     inner, full, _ = choose(chunk, Context(context.names, Options(forced, options.memory_limit, options.compiled), context.model))
     axes = REGISTRY[inner].result_axes(chunk)
     matmul = REGISTRY[MATMUL]
-    buffered = inner == MATMUL and isinstance(matmul, MatmulBroadcast) and matmul.writes_out(chunk) and axes[0] == axis
+    plain = inner == MATMUL and isinstance(matmul, MatmulBroadcast) and matmul.writes_out(chunk) and axes[0] == axis
+    # out= buffers are for eager code: under torch.compile the compiler allocates, and a sliced
+    # buffer (a narrower last tile) is a non-contiguous out= it refuses
+    buffered = plain and not options.compiled
     column, width = None, 0
-    if mode == "reduce" and buffered:
+    if mode == "reduce" and plain:
         column, width = _whole_product_tiles(job, chunk, axes, context, budget)
         if column is None and job.clauses[0][0] in ONE_PASS:
             budget = max(budget, min(options.memory_limit or DEFAULT_MEMORY_LIMIT, ONE_PASS_CHUNK_BYTES))
-    elif style == "rows" and buffered and _row_tiles(job, axes, context) is not None:
+    elif style == "rows" and plain and _row_tiles(job, axes, context) is not None:
         style, budget = "row-tiles", min(budget, ROW_TILE_BYTES)
         column = job.clauses[0][1][0]
         width = int(max(1, min(TILE_WIDTH, budget // (step.dtype.itemsize * TEMPORARIES[job.clauses[0][0]]))))

@@ -26,6 +26,7 @@ from .clauses import (
     apply_clauses,
     clause_dtype,
     extreme,
+    finish_running,
     fold,
     index_per_axis,
     new_tensor,
@@ -218,10 +219,8 @@ def _emit_running(loops: Loops) -> tuple[list, list[Value]]:
         return _contract_and_fold(loops, parts, acc, reducer, ids)
 
     statements += loops.over_rows(loops.operands(), body)
-    if reducer == "mean":
-        count = ir.Const(numel(chunking.step.sizes, ids), frozenset(ids))
-        statements.append(ir.Assign(acc, ir.BinOp("/", ir.Var(acc), count), "mean = sum / count"))
-    return statements, [Value(acc, rest)]
+    count = ir.Const(numel(chunking.step.sizes, ids), frozenset(ids))
+    return statements + finish_running(acc, reducer, dtype, count), [Value(acc, rest)]
 
 
 def _contract_and_fold(loops: Loops, parts, acc: str, reducer: str, ids) -> list:

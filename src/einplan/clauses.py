@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import ir
-from .contraction import Names, Value, numel, sum_over
-from .errors import EinplanError
+from .contraction import Names, Value, numel, sum_over, torch_lacks
+from .errors import EinplanError, UnsupportedError
 
 REDUCE_CALLS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
 MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "torch.logaddexp"}
@@ -28,8 +28,21 @@ def clause_dtype(reducer: str, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def check_supported(reducer: str, dtype: torch.dtype, device) -> None:
+    """An ``UnsupportedError`` when torch has no ``reducer`` for ``dtype`` (complex numbers have
+    no order; some integer dtypes lack max/min kernels).  Checked on the CPU, for a CPU plan."""
+    if torch.device(device).type != "cpu":
+        return
+    why = torch_lacks(reducer, dtype)
+    if why:
+        unordered = " (complex numbers have no order)" if dtype.is_complex and reducer != "logsumexp" else ""
+        raise UnsupportedError(f"torch has no {reducer} for {dtype} tensors{unordered}: {why}")
+
+
 def extreme(dtype: torch.dtype, low: bool):
-    """The identity of max (``low``) or min: -inf/+inf, or the integer limits."""
+    """The identity of max (``low``) or min: -inf/+inf, False/True, or the integer limits."""
+    if dtype == torch.bool:
+        return not low
     if dtype.is_floating_point:
         return float("-inf") if low else float("inf")
     info = torch.iinfo(dtype)
@@ -108,13 +121,23 @@ def apply_clauses(value: Value, clauses, sizes, dtype: torch.dtype, names: Names
     return statements, values
 
 
+def accumulator_dtype(reducer: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a running sum/mean is kept in: float32 for half precision (a sum of many
+    float16 values overflows where their mean does not), int64 for a mean of integers (exact)."""
+    if reducer in ("sum", "mean") and dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    if reducer == "mean" and not (dtype.is_floating_point or dtype.is_complex):
+        return torch.int64
+    return dtype
+
+
 def running_start(var: str, reducer: str, shape, dtype: torch.dtype) -> ir.Assign:
-    """``var`` = the identity of a running max/min/logsumexp/sum of ``shape``."""
+    """``var`` = the identity of a running max/min/logsumexp/sum of ``shape`` (``dtype``: the input's)."""
     if reducer in ("max", "min"):
         return ir.Assign(var, new_tensor("torch.full", shape, dtype, extreme(dtype, reducer == "max")), f"running {reducer}")
     if reducer == "logsumexp":
         return ir.Assign(var, new_tensor("torch.full", shape, clause_dtype("logsumexp", dtype), float("-inf")), "running logsumexp")
-    return ir.Assign(var, new_tensor("torch.zeros", shape, dtype), "running sum")
+    return ir.Assign(var, new_tensor("torch.zeros", shape, accumulator_dtype(reducer, dtype)), "running sum")
 
 
 def fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: Names, piece: str) -> list:
@@ -126,11 +149,29 @@ def fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: N
         merge = ir.Call(MERGE_CALLS[reducer], (ir.Var(acc), ir.Var(part)))
     else:  # sum, mean
         merge = ir.BinOp("+", ir.Var(acc), ir.Var(part))
-    partial = _reduced_by("sum" if reducer == "mean" else reducer, ir.Var(value.var), dims, dtype)
+    wide = accumulator_dtype(reducer, dtype)
+    if wide != dtype:  # each chunk's sum in the accumulator's dtype, as torch's own sum accumulates
+        partial: ir.Expr = ir.Method(
+            ir.Var(value.var), "sum", (ir.Const(dims[0] if len(dims) == 1 else dims),), (("dtype", ir.Const(wide)),)
+        )
+    else:
+        partial = _reduced_by("sum" if reducer == "mean" else reducer, ir.Var(value.var), dims, dtype)
     return [
         ir.Assign(part, partial, f"{reducer} of this {piece}"),
         ir.Assign(acc, merge, "combine"),
     ]
+
+
+def finish_running(acc: str, reducer: str, dtype: torch.dtype, count: ir.Const) -> list:
+    """After the loops: a mean divides by the count; an accumulator kept wider goes back to the
+    clause's dtype."""
+    statements = []
+    if reducer == "mean":
+        statements.append(ir.Assign(acc, ir.BinOp("/", ir.Var(acc), count), "mean = sum / count"))
+    wanted = clause_dtype(reducer, dtype)
+    if accumulator_dtype(reducer, dtype) != wanted:
+        statements.append(ir.Assign(acc, ir.Method(ir.Var(acc), "to", (ir.Const(wanted),)), f"back to {wanted}"))
+    return statements
 
 
 def strictly_better(reducer: str, values: ir.Expr, best: ir.Expr) -> ir.Expr:

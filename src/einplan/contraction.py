@@ -7,6 +7,7 @@ names, the options, the device's constants).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -136,3 +137,37 @@ def assign_result(lowered: Lowered, comment: str, names: Names, prefix: str = "t
         return lowered.expr.name, lowered.setup  # the terms already built it in place
     var = names.fresh(prefix)
     return var, (*lowered.setup, ir.Assign(var, lowered.expr, comment))
+
+
+def _probe(op: str, dtype: torch.dtype) -> None:
+    """Run the torch ops that ``op`` (a clause, ``matmul``, ``sum``) emits, on a tiny CPU tensor."""
+    t = torch.zeros((2, 2), dtype=dtype)
+    if op in ("max", "min"):
+        getattr(torch, f"a{op}")(t, 0)
+        getattr(torch, "maximum" if op == "max" else "minimum")(t, t)
+    elif op in ("argmax", "argmin"):
+        getattr(t, op)(0)
+        getattr(t, op[3:])(0)
+    elif op == "logsumexp":
+        torch.logaddexp(*(torch.logsumexp(t, 0),) * 2)
+    elif op == "mean":
+        floating = dtype.is_floating_point or dtype.is_complex
+        t.mean(0, dtype=None if floating else torch.get_default_dtype())
+    elif op == "matmul":
+        torch.matmul(t, t)
+    elif op == "addcmul":
+        t.clone().addcmul_(t, t)
+    else:  # sum, as sum_over writes it: also the elementwise product it follows
+        floating = dtype.is_floating_point or dtype.is_complex
+        (t * t).sum(0, dtype=None if floating else dtype)
+
+
+@functools.cache
+def torch_lacks(op: str, dtype: torch.dtype) -> str:
+    """Why torch (on a CPU) cannot run ``op`` on ``dtype`` tensors, or "" when it can."""
+    try:
+        with torch.no_grad():
+            _probe(op, dtype)
+    except (RuntimeError, NotImplementedError, TypeError) as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return ""

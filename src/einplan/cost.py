@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import EinplanError
+
 
 @dataclass(frozen=True)
 class DeviceModel:
@@ -268,9 +270,17 @@ def _memory_constants(timed, opts, op_overhead: float, quick: bool) -> dict:
 
 
 def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
-    """Measure this machine's constants with a handful of small torch kernels."""
-    kind = torch.device(device).type
-    base = DEFAULTS.get(kind, CPU)
+    """Measure this machine's constants with a handful of small torch kernels (on a CPU or a CUDA
+    device: only they run kernels whose time means something)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise EinplanError(f"cannot measure device {device!r}: not a torch device") from None
+    if kind not in DEFAULTS:
+        raise EinplanError(f"einplan tune measures a cpu or cuda device, not {kind!r} (its kernels do no timed work)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise EinplanError("einplan tune --device cuda needs a CUDA device, and this machine has none")
+    base = DEFAULTS[kind]
     timed = _timer(kind, quick)
     opts: dict = {"device": device, "dtype": torch.float32}
     one = torch.ones(1, **opts)

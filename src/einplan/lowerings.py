@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import ir
-from .contraction import Candidate, Context, Contraction, Lowered, Value, numel, sum_over
+from .contraction import Candidate, Context, Contraction, Lowered, Value, numel, sum_over, torch_lacks
 from .cost import DeviceModel, Estimate
 from .errors import UnsupportedError
 
@@ -198,6 +198,8 @@ class MatmulBroadcast(Lowering):
         dtype = step.dtype
         if dtype == torch.bool or (not dtype.is_floating_point and not dtype.is_complex and model.kind == "cuda"):
             return False
+        if model.kind == "cpu" and torch_lacks("matmul", dtype):  # e.g. uint16: torch has no CPU GEMM for it
+            return False
         layout = _matmul_layout(step)
         # a merged group of the result is split again with -1 for a free axis: one per group at most
         return all(sum(x in step.free for x in group) <= 1 for group in (layout.m, layout.n))
@@ -273,7 +275,7 @@ class _UnrolledLayout:
 
 
 def _unrolled_layout(step: Contraction, limit: int) -> _UnrolledLayout | None:
-    if step.dtype == torch.bool:
+    if step.dtype == torch.bool or torch_lacks("addcmul", step.dtype):
         return None
     kept, summed = step.kept, step.summed
     terms = step.numel(summed)

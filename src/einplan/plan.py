@@ -18,7 +18,7 @@ from . import chunking as cutting
 from . import chunks, ir, screen
 from .bind import Bound
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
-from .clauses import apply_clauses, clause_dtype
+from .clauses import apply_clauses, check_supported, clause_dtype
 from .contraction import Candidate, Context, Contraction, Names, Options, Value, assign_result, numel, sum_over
 from .cost import DeviceModel, Estimate, load_model
 from .errors import EinplanError
@@ -193,8 +193,15 @@ def _effective_clauses(bound: Bound):
 
 
 def _check_output_fits(bound: Bound) -> None:
+    """Refuse a result larger than this machine's memory, counted in the result's own dtype and
+    once per tensor returned (an argmax over several axes returns one int64 tensor per axis)."""
     count = numel(bound.sizes, bound.output_axes)
-    need = count * bound.dtype.itemsize
+    dtype = bound.dtype
+    for reducer, _ in bound.clauses:
+        dtype = clause_dtype(reducer, dtype)
+    last = bound.clauses[-1] if bound.clauses else None
+    tensors = len(last[1]) if last is not None and last[0] in ("argmax", "argmin") else 1
+    need = count * dtype.itemsize * tensors
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
@@ -202,7 +209,7 @@ def _check_output_fits(bound: Bound) -> None:
     if need > physical:
         raise EinplanError(
             f"the output of '{bound.resolved.pattern.text}' would take {human_bytes(need)} "
-            f"({count} elements of {bound.dtype}), more than this machine's {human_bytes(physical)} of memory"
+            f"({tensors} x {count} elements of {dtype}), more than this machine's {human_bytes(physical)} of memory"
         )
 
 
@@ -300,6 +307,8 @@ def _reduce(planning: _Planning, value: Value) -> tuple[list[Step], list[Value]]
 def build(bound: Bound, options: Options = DEFAULT_OPTIONS, model: DeviceModel | None = None) -> Plan:
     """Plan ``bound``: prepare operands, contract along the path, reduce, shape the output."""
     _check_options(options)
+    for reducer in ("sum", *(r for r, _ in bound.clauses)):  # every plan may sum (a contraction, a private axis)
+        check_supported(reducer, bound.dtype, bound.device)
     _check_output_fits(bound)
     clauses = _effective_clauses(bound)
     keep = frozenset(bound.output_axes).union(*(ids for _, ids in clauses))
