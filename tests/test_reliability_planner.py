@@ -112,3 +112,41 @@ def test_tune_refuses_devices_it_cannot_time(device, tmp_path, monkeypatch):
     with pytest.raises(einplan.EinplanError):
         cost.measure(device, quick=True)
     assert not list(tmp_path.iterdir())  # nothing stored for later CPU plans
+
+
+BATCHED_PEAK = """
+import sys, torch
+from einplan import bl
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+pattern, b, m, d, limit = sys.argv[1], *map(int, sys.argv[2:])
+x, y = torch.randn(b, m, d), torch.randn(b, m, d)
+bl(pattern, x[:, :64], y[:, :64], memory_limit=limit)  # load the kernels and the plan machinery
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset VmHWM to the current resident size
+before = status("VmRSS")
+bl(pattern, x, y, memory_limit=limit)
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs /proc/self/clear_refs (Linux)")
+@pytest.mark.parametrize("reducer", ["max", "argmax", "logsumexp"])
+def test_a_batched_whole_product_reduction_keeps_the_memory_limit(reducer):
+    # b = 2 products of 8192 x 8192 float32: 512 MiB in full, one batch row alone 256 MiB
+    import subprocess
+    import sys
+
+    pattern, limit = f"b m d, b n d -> b | {reducer} m n", 8 * 2**20
+    plan = einplan.runtime.plan_for(pattern, (2, 8192, 8), (2, 8192, 8), memory_limit=limit)
+    assert plan.steps[-1].kind == einplan.CHUNKED and plan.steps[-1].estimate.memory <= limit
+    result = subprocess.run(
+        [sys.executable, "-c", BATCHED_PEAK, pattern, "2", "8192", "8", str(limit)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    extra = int(result.stdout.split()[-1])
+    assert extra <= limit + 8 * 2**20, f"peak extra {extra / 2**20:.1f} MiB over an 8 MiB limit"

@@ -99,13 +99,21 @@ class Chunking:
 # --- pricing: how to cut ---------------------------------------------------------------------
 
 
-def _chunk_axis(job: Job) -> tuple[str, str] | None:
-    """The axis to cut into chunks and the mode, or None when there is no axis to cut."""
+def _chunk_axis(job: Job, budget: int) -> tuple[str, str] | None:
+    """The axis to cut into chunks and the mode, or None when there is no axis to cut.
+
+    An output axis first, unless one of its rows alone would exceed ``budget`` while a clause
+    follows and the product has more axes than row tiles cut (``b m d, b n d -> b | max m n``
+    with a small batch): then a clause's axis, whose chunks fold into a running result of every
+    output row at once."""
     step, sizes = job.step, job.step.sizes
     union = step.union
     outputs = [x for x in job.output_axes if x in union and sizes[x] > 1]
     if outputs:
-        return max(outputs, key=lambda x: sizes[x]), "output"
+        axis = max(outputs, key=lambda x: sizes[x])
+        one_row = step.numel(step.kept) // max(sizes[axis], 1) * step.dtype.itemsize
+        if not job.clauses or one_row <= budget or len(step.kept) <= 2:  # a 2-D product's rows go in tiles
+            return axis, "output"
     if job.clauses:
         reducer, ids = job.clauses[0]
         if reducer in ARG_REDUCERS:
@@ -154,7 +162,7 @@ def price(job: Job, context: Context, budget: int) -> Chunking | None:
     step = job.step
     if step.numel(step.union) == 0:
         return None
-    choice = _chunk_axis(job)
+    choice = _chunk_axis(job, budget)
     if choice is None:
         return None
     axis, mode = choice
@@ -165,10 +173,11 @@ def price(job: Job, context: Context, budget: int) -> Chunking | None:
     inner, full, _ = choose(chunk, Context(context.names, Options(forced, options.memory_limit, options.compiled), context.model))
     axes = REGISTRY[inner].result_axes(chunk)
     matmul = REGISTRY[MATMUL]
-    plain = inner == MATMUL and isinstance(matmul, MatmulBroadcast) and matmul.writes_out(chunk) and axes[0] == axis
-    # out= buffers are for eager code: under torch.compile the compiler allocates, and a sliced
-    # buffer (a narrower last tile) is a non-contiguous out= it refuses
-    buffered = plain and not options.compiled
+    direct = inner == MATMUL and isinstance(matmul, MatmulBroadcast) and matmul.writes_out(chunk)
+    plain = direct and axes[0] == axis  # chunks of the buffer's leading axis: tiles may cut a second one
+    # out= buffers are for eager code (each chunk's product reuses one, so no two are alive at once):
+    # under torch.compile the compiler allocates, and a sliced buffer is a non-contiguous out= it refuses
+    buffered = direct and not options.compiled
     column, width = None, 0
     if mode == "reduce" and plain:
         column, width = _whole_product_tiles(job, chunk, axes, context, budget)

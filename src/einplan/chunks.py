@@ -52,6 +52,7 @@ class Loops:
         self.axes = REGISTRY[chunking.inner].result_axes(self.chunk)  # each chunk's result axes
         self.buffer: str | None = None
         self.lengths: dict[str, ir.Expr] = {}  # cut axis -> its length in this chunk, read from the chunk
+        self.temporaries: list[str] = []  # chunk-sized results not written into the buffer
 
     @property
     def piece(self) -> str:
@@ -82,7 +83,12 @@ class Loops:
         holder = next(v for v in values if axis in v.axes)
         stop = ir.shape_of(holder.var, holder.axes.index(axis))
         comment = f"{role}s of {length} along {axis}"
-        return [ir.Loop(var, 0, stop, step, tuple(cuts + body(start, parts)), comment)]
+        made = len(self.temporaries)
+        statements = cuts + body(start, parts)
+        if self.temporaries[made:]:  # without a reused buffer, free this chunk's product before the next
+            statements.append(ir.Delete(tuple(self.temporaries[made:])))
+            del self.temporaries[made:]
+        return [ir.Loop(var, 0, stop, step, tuple(statements), comment)]
 
     def buffer_setup(self, dtype: torch.dtype | None = None, grad: bool = True) -> list:
         """The reused out= buffer of the chunk's matmul (and the flag that turns it off under autograd)."""
@@ -119,8 +125,11 @@ class Loops:
             expr = ir.Call(expr.func, expr.args, (("out", out),))
         comment = f"{self.chunking.inner}: {self.chunking.step.describe(lowered.axes)} for this {self.piece}"
         if lowered.setup and isinstance(expr, ir.Var):
+            self.temporaries.append(expr.name)
             return list(lowered.setup), Value(expr.name, lowered.axes)
         var = self.names.fresh("scores" if self.chunking.inner == MATMUL else "product")
+        if self.buffer is None:
+            self.temporaries.append(var)
         return [*lowered.setup, ir.Assign(var, expr, comment)], Value(var, lowered.axes)
 
     def over_rows(self, values, body: Callable[[ir.Expr, list[Value]], list]) -> list:

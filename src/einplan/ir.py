@@ -223,11 +223,22 @@ class Loop:
 
 
 @dataclass(frozen=True)
+class Delete:
+    """``del a, b``: drop generated names, so a chunk's temporary is freed before the next is made."""
+
+    names: tuple
+
+    def __post_init__(self):
+        if not all(isinstance(n, str) and n.isidentifier() for n in self.names):
+            raise ValueError(f"not generated names: {self.names!r}")
+
+
+@dataclass(frozen=True)
 class Return:
     value: Expr | tuple
 
 
-Stmt = Assign | Do | Loop | Return
+Stmt = Assign | Do | Loop | Delete | Return
 
 
 # --- small helpers the planner uses -------------------------------------------------
