@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import linecache
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,14 +47,41 @@ def render(plan: planner.Plan, name: str = FUNCTION_NAME, shapes=None, symbolic:
     return codegen.function(name, params, returns, function_doc(plan), plan.statements)
 
 
+# How many live functions were compiled from each linecache entry: the entry goes with the last.
+_LINES_USED: dict[str, int] = {}
+_LINES_LOCK = threading.Lock()
+
+
+def _release_lines(filename: str) -> None:
+    with _LINES_LOCK:
+        left = _LINES_USED.get(filename, 0) - 1
+        if left > 0:
+            _LINES_USED[filename] = left
+        else:
+            _LINES_USED.pop(filename, None)
+            linecache.cache.pop(filename, None)
+
+
 def compile_source(source: str, name: str = FUNCTION_NAME) -> Callable:
-    """Exec generated source; register it in linecache so tracebacks show real lines."""
+    """Exec generated source; register it in linecache so tracebacks show real lines.
+
+    The entry lives as long as a function compiled from it does: a program dropped from the
+    plan cache, or a kernel's function dropped from its table, takes its lines with it once it
+    is collected (functions with one source share one entry)."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:12]
     filename = f"<einplan-{digest}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    with _LINES_LOCK:
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        _LINES_USED[filename] = _LINES_USED.get(filename, 0) + 1
     space = namespace()
-    exec(compile(source, filename, "exec"), space)
-    return space[name]
+    try:
+        exec(compile(source, filename, "exec"), space)
+        function = space[name]
+    except BaseException:
+        _release_lines(filename)
+        raise
+    weakref.finalize(function, _release_lines, filename)
+    return function
 
 
 # --- what a module's docstring says about each function ---------------------------------------------
