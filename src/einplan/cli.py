@@ -210,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EinplanError as error:
         print(f"einplan {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a command line gets one line and exit 2, never a traceback
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"einplan {args.command}: error: {type(error).__name__}: {first}".rstrip(": "), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

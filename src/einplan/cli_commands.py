@@ -321,8 +321,11 @@ def cmd_codegen(args) -> int:
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
-        with open(args.output, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write(text)
+        except OSError as error:
+            raise UsageError(f"cannot write {args.output!r}: {error.strerror or error}") from None
         listed = ", ".join(f"{k.name} ({k.pattern})" for k in kernels)
         print(f"wrote {len(kernels)} kernel(s) to {args.output}: {listed}")
     return 0
@@ -330,6 +333,8 @@ def cmd_codegen(args) -> int:
 
 def cmd_bench(args) -> int:
     dtype, device = _dtype(args.dtype), _device(args.device)
+    if device.type == "meta":
+        raise UsageError("bench runs the code, and the meta device holds no data: plan for meta with explain or codegen")
     memory_limit = parse_memory(args.memory_limit)
     shapes, sizes = operands(args.pattern, args.shape, args.size)
     if args.threads is not None:
@@ -339,7 +344,13 @@ def cmd_bench(args) -> int:
     default = kernel(args.pattern, *shapes, dtype=dtype, device=device, check=False, memory_limit=memory_limit, **sizes)
     tensors = random_tensors(default.shapes, dtype, device)
     equation, reference = einsum_reference(default.plan_object)
-    expected = reference(*tensors)
+    try:
+        expected = reference(*tensors)
+    except (RuntimeError, NotImplementedError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"torch.einsum cannot compute {equation!r} for {dtype} on {device} ({first}), so bench has no reference to check against"
+        ) from None
     kinds = [s.kind for s in default.plan_object.steps if s.estimate is not None] or ["no contraction"]
     rows: list[tuple[str, float | None, str]] = []
     for lowering in planner.LOWERINGS:
