@@ -249,6 +249,17 @@ def _bind_operand(resolved, index, items, shape, per, longest, ell_sizes, sizes,
     return axes, changed
 
 
+MAX_SIZE = 2**63 - 1  # the largest size of a torch dim
+
+
+def check_size(name: str, value) -> None:
+    """A keyword size is an int (not a bool, not a float that equals one) from 0 to MAX_SIZE."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ShapeError(f"size of axis {name!r} must be a non-negative int, got {value!r}")
+    if value > MAX_SIZE:
+        raise ShapeError(f"size of axis {name!r} is {value}, above {MAX_SIZE} (2**63 - 1), the most a torch dim can be")
+
+
 def _check_call(resolved: Resolved, shapes, keywords: dict[str, int]) -> None:
     """As many shapes as operands; keyword sizes name axes of the pattern and are sizes."""
     pattern = resolved.pattern
@@ -258,8 +269,7 @@ def _check_call(resolved: Resolved, shapes, keywords: dict[str, int]) -> None:
     for name, value in keywords.items():
         if name not in all_bases:
             raise PatternError(f"size given for axis {name!r}, which '{pattern.source}' does not have")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ShapeError(f"size of axis {name!r} must be a non-negative int, got {value!r}")
+        check_size(name, value)
 
 
 def _longest(resolved: Resolved, lengths: list[dict[str, int]]) -> dict[str, int]:
@@ -305,6 +315,11 @@ def _output(resolved: Resolved, groups: dict[str, tuple[str, ...]], id_sizes: di
             output_axes.extend(ids)
             output_shape.append(math.prod(id_sizes[i] for i in ids))
             reshaped = True
+            if output_shape[-1] > MAX_SIZE:
+                raise ShapeError(
+                    f"output axis {spell_item(item)} would have size {output_shape[-1]}, above {MAX_SIZE} (2**63 - 1), "
+                    f"the most a torch dim can be (in '{resolved.pattern.source}')"
+                )
     return tuple(output_axes), (tuple(output_shape) if reshaped else None)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from . import plan as planner
-from .bind import bind
+from .bind import MAX_SIZE, bind, check_size
 from .cost import load_model
 from .errors import EinplanError, ShapeError
 from .resolve import resolve
@@ -78,9 +78,45 @@ def check_tensors(tensors) -> None:
 
 
 def check_sizes(sizes: dict) -> None:
+    """Keyword sizes are ints (not bools, not floats that equal one) from 0 to MAX_SIZE."""
     for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ShapeError(f"size of axis {name!r} must be an int, got {value!r}")
+        check_size(name, value)
+
+
+def check_memory_limit(memory_limit) -> None:
+    """``memory_limit`` is None or a positive int (bytes): not a bool, not a float that equals one."""
+    if memory_limit is not None and (not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit <= 0):
+        raise EinplanError(f"memory_limit must be a positive int (bytes), got {memory_limit!r}")
+
+
+def check_call(sizes, memory_limit) -> None:
+    """What ``bl`` checks before its cache key: a float 3.0 or a bool True hashes as the int it
+    equals, so a warm cache would otherwise take it for that int.  ``sizes``: (name, value) pairs."""
+    for name, value in sizes:
+        check_size(name, value)
+    check_memory_limit(memory_limit)
+
+
+def as_dtype(value) -> torch.dtype | None:
+    """A torch dtype, or the name of one (``"float32"``, ``"torch.float32"``); None stays None."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and isinstance(getattr(torch, value.removeprefix("torch."), None), torch.dtype):
+        return getattr(torch, value.removeprefix("torch."))
+    raise EinplanError(f"not a torch dtype: {value!r} (give a torch.dtype or its name, e.g. torch.float32 or 'float32')")
+
+
+def as_device(value) -> torch.device:
+    """A torch device from a device, a string (``"cpu"``, ``"cuda:0"``) or an index."""
+    if isinstance(value, torch.device):
+        return value
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise EinplanError(f"not a torch device: {value!r} (give a torch.device or its name, e.g. 'cpu' or 'cuda')")
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EinplanError(f"not a torch device: {value!r} ({first})") from None
 
 
 def shapes_of(tensors_or_shapes, dtype, device):
@@ -92,13 +128,15 @@ def shapes_of(tensors_or_shapes, dtype, device):
             dtypes.append(item.dtype)
             devices.append(item.device)
         elif isinstance(item, (tuple, list, torch.Size)) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in item):
+            if any(s > MAX_SIZE for s in item):
+                raise ShapeError(f"operand {k}: shape {tuple(item)} has a size above {MAX_SIZE} (2**63 - 1), the most a torch dim can be")
             shapes.append(tuple(item))
         else:
             raise TypeError(f"operand {k}: expected a tensor or a shape (a tuple of ints), got {item!r}")
     if len(set(dtypes)) > 1 or len(set(devices)) > 1:
         check_tensors([t for t in tensors_or_shapes if isinstance(t, torch.Tensor)])
-    dtype = dtype or (dtypes[0] if dtypes else torch.float32)
-    device = torch.device(device) if device is not None else (devices[0] if devices else torch.device("cpu"))
+    dtype = as_dtype(dtype) or (dtypes[0] if dtypes else torch.float32)
+    device = as_device(device) if device is not None else (devices[0] if devices else torch.device("cpu"))
     return shapes, dtype, device
 
 
@@ -109,6 +147,7 @@ def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner
     """Pattern and shapes -> checked, bound and planned (no tensor data needed)."""
     if not isinstance(pattern, str):
         raise TypeError(f"an einplan pattern is a str, not {type(pattern).__name__}")
+    check_memory_limit(options.memory_limit)
     resolved = resolve(pattern)
     bound = bind(resolved, shapes, dtype, device, sizes)
     jaxtyping_check(resolved, shapes, dtype)
@@ -130,7 +169,7 @@ lookup = functools.lru_cache(maxsize=CACHE_SIZE)(build)
 def set_cache_size(size: int) -> None:
     """Keep at most ``size`` plans (least recently used dropped first); clears the cache."""
     global lookup
-    if not isinstance(size, int) or size < 1:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise EinplanError(f"the plan cache size must be a positive int, got {size!r}")
     lookup = functools.lru_cache(maxsize=size)(build)
 

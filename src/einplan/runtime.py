@@ -14,6 +14,7 @@ from . import programs
 from .programs import (  # noqa: F401  (part of this module's interface since before the split)
     CACHE_SIZE,
     cache_info,
+    check_memory_limit,
     check_sizes,
     check_tensors,
     clear_cache,
@@ -39,8 +40,17 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: str | None = None, memory
     """
     if is_compiling():
         return traced_bl(pattern, tensors, lowering, memory_limit, sizes)
+    if sizes:
+        key = tuple(sizes.items())
+        for value in sizes.values():
+            if type(value) is not int:  # 3.0 and True hash as 3 and 1: checked before the cache sees them
+                check_sizes(sizes)
+    else:
+        key = ()
+    if memory_limit is not None and type(memory_limit) is not int:
+        check_memory_limit(memory_limit)
     try:
-        program = programs.lookup(pattern, tuple(map(metadata, tensors)), tuple(sizes.items()) if sizes else (), lowering, memory_limit)
+        program = programs.lookup(pattern, tuple(map(metadata, tensors)), key, lowering, memory_limit)
     except AttributeError:
         check_tensors(tensors)
         raise

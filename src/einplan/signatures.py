@@ -218,7 +218,8 @@ def jaxtyping_check(resolved: Resolved, shapes, dtype: torch.dtype) -> None:
     input_dims, _ = dims(resolved)
     if not input_dims:
         return
-    fakes = tuple(torch.empty(tuple(s), dtype=dtype, device="meta") for s in shapes)
+    # zero strides: a fake never needs storage, so no shape's size can overflow it
+    fakes = tuple(torch.empty_strided(tuple(s), (0,) * len(s), dtype=dtype, device="meta") for s in shapes)
     checked = input_dims
     if len(checked) > MAX_CHECKED_OPERANDS:  # the type checker refuses huge tuple hints
         checked, fakes = checked[:MAX_CHECKED_OPERANDS], fakes[:MAX_CHECKED_OPERANDS]

@@ -57,6 +57,14 @@ def signature(tensors: Sequence[torch.Tensor]) -> tuple:
     return tuple((tuple(operator.index(s) for s in t.shape), t.dtype, t.device) for t in tensors)
 
 
+def constant(value):
+    """An int the compiler treats as symbolic (a size or limit that changed between calls, or
+    ``dynamic=True``) as a plain int, so that the trace-time look-up can take it: the compiled
+    graph then specialises on it, as it does on the shapes.  Anything else is left for the
+    look-up to check (a float or a bool is refused there, not converted)."""
+    return operator.index(value) if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool) else value
+
+
 def failing(error: Exception) -> Callable:
     """A function that raises ``error`` again: a plan that fails at trace time fails where it is called.
 
@@ -82,6 +90,7 @@ class Traceable(Protocol):
 @constant_under_compile
 def _bl_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit) -> str:
     try:
+        programs.check_call(sizes, memory_limit)
         signature = tuple((torch.Size(shape), dtype, device) for shape, dtype, device in signature)
         function = programs.lookup(pattern, signature, sizes, lowering, memory_limit, True).function
     except (EinplanError, TypeError) as error:
@@ -100,7 +109,7 @@ def _call_program(owner: Traceable, signature: tuple) -> str:
 
 def traced_bl(pattern: str, tensors: tuple, lowering, memory_limit, sizes: dict):
     """``bl`` while torch.compile traces: a trace-time plan look-up, then the generated torch code."""
-    name = _bl_program(pattern, signature(tensors), tuple(sizes.items()), lowering, memory_limit)
+    name = _bl_program(pattern, signature(tensors), tuple((k, constant(v)) for k, v in sizes.items()), lowering, constant(memory_limit))
     return getattr(_TRACED, name)(*tensors)
 
 
