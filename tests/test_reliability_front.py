@@ -76,6 +76,13 @@ def test_a_dynamic_group_takes_new_batch_shapes_of_the_same_rank(group, check):
     torch.testing.assert_close(q(a, b), (a @ b.mT).amax((-2, -1)))
 
 
+def test_an_unhashable_lowering_is_refused_by_bl_as_by_explain():
+    a = torch.randn(2, 2)
+    for call in (lambda: bl("i j, j k -> i k", a, a, lowering=["x"]), lambda: einplan.explain("i j, j k -> i k", a, a, lowering=["x"])):
+        with pytest.raises(EinplanError, match="unknown lowering"):
+            call()
+
+
 # --- 7: huge and odd arguments ---------------------------------------------------------------------
 
 

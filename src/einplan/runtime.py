@@ -11,6 +11,7 @@ import torch
 
 from . import plan as planner
 from . import programs
+from .errors import EinplanError
 from .programs import (  # noqa: F401  (part of this module's interface since before the split)
     CACHE_SIZE,
     cache_info,
@@ -58,6 +59,8 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: str | None = None, memory
         if isinstance(pattern, str):
             check_tensors(tensors)
             check_sizes(sizes)
+            if lowering is not None and not isinstance(lowering, str):  # unhashable: refused as explain refuses it
+                raise EinplanError(f"unknown lowering {lowering!r}; choose one of {', '.join(planner.LOWERINGS)}") from None
         raise
     return program.function(*tensors)
 
