@@ -79,6 +79,11 @@ class Chunking:
         return self.step.sizes[self.axis]
 
     @property
+    def cuts_rows(self) -> bool:
+        """Whether the rows are cut at all (tiles may cover every row in one pass)."""
+        return self.rows < self.total
+
+    @property
     def grid(self) -> tuple[int, int]:
         """How many chunks of rows, and how many tiles across each (1 when not tiled)."""
         columns = math.ceil(self.step.sizes[self.column] / self.width) if self.column is not None else 1
@@ -206,7 +211,7 @@ def chunk_step(chunking: Chunking) -> Contraction:
     """The contraction one chunk (tile) computes: the cut axes sized by a chunk, their sizes free."""
     sizes = dict(chunking.step.sizes)
     free = set()
-    if chunking.rows < chunking.total:
+    if chunking.cuts_rows:
         sizes[chunking.axis] = chunking.rows
         free.add(chunking.axis)
     if chunking.column is not None:

@@ -143,7 +143,7 @@ class Loops:
         return [self.chunking.step.a, self.chunking.step.b]
 
 
-def _rows_of(target: Value, axis: str, start: ir.Expr, length: ir.Const) -> ir.Expr:
+def rows_of(target: Value, axis: str, start: ir.Expr, length: ir.Const) -> ir.Index:
     """``target[:, ..., start:start + length]`` along ``axis``."""
     return ir.Index(ir.Var(target.var), (ir.SLICE,) * target.axes.index(axis) + (ir.Range(start, ir.plus(start, length)),))
 
@@ -170,7 +170,7 @@ def _emit_rows(loops: Loops) -> tuple[list, list[Value]]:
         computed, value = loops.contract(parts)
         more, values = apply_clauses(value, job.clauses, loops.chunk.sizes, chunking.step.dtype, names, loops.chunk.free)
         writes = [
-            ir.Assign(_rows_of(r, chunking.axis, start, rows), ir.Var(v.var), f"write rows of {chunking.axis}")
+            ir.Assign(rows_of(r, chunking.axis, start, rows), ir.Var(v.var), f"write rows of {chunking.axis}")
             for r, v in zip(results, values, strict=True)
         ]
         return computed + more + writes
@@ -185,7 +185,7 @@ def _emit_row_tiles(loops: Loops) -> tuple[list, list[Value]]:
     reducer, (column,) = loops.job.clauses[0]
     dtype = chunking.step.dtype
     statements = loops.buffer_setup()
-    elided = chunking.rows >= chunking.total
+    elided = not chunking.cuts_rows
     result = Value(names.fresh("result"), (chunking.axis,))
     if not elided:
         shape = sized((chunking.total,), (chunking.axis,))
@@ -206,7 +206,7 @@ def _emit_row_tiles(loops: Loops) -> tuple[list, list[Value]]:
 
         inner += loops.over_tiles(parts, tile)
         if not elided:
-            inner.append(ir.Assign(_rows_of(result, chunking.axis, start, rows), ir.Var(acc), f"write rows of {chunking.axis}"))
+            inner.append(ir.Assign(rows_of(result, chunking.axis, start, rows), ir.Var(acc), f"write rows of {chunking.axis}"))
         return inner
 
     return statements + loops.over_rows(loops.operands(), body), [result]

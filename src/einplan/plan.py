@@ -213,11 +213,16 @@ def _check_output_fits(bound: Bound) -> None:
         )
 
 
+def check_memory_limit(memory_limit) -> None:
+    """``memory_limit`` is None or a positive int (bytes): not a bool, not a float that equals one."""
+    if memory_limit is not None and (not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit <= 0):
+        raise EinplanError(f"memory_limit must be a positive int (bytes), got {memory_limit!r}")
+
+
 def _check_options(options: Options) -> None:
     if options.lowering is not None and options.lowering not in LOWERINGS:
         raise EinplanError(f"unknown lowering {options.lowering!r}; choose one of {', '.join(LOWERINGS)}")
-    if options.memory_limit is not None and (not isinstance(options.memory_limit, int) or options.memory_limit <= 0):
-        raise EinplanError(f"memory_limit must be a positive number of bytes, got {options.memory_limit!r}")
+    check_memory_limit(options.memory_limit)
 
 
 @dataclass(frozen=True)
@@ -235,30 +240,36 @@ class _Planning:
         return self.context.options.memory_limit or DEFAULT_MEMORY_LIMIT
 
 
-def _chunked(planning: _Planning, step: Contraction, winner: str, estimate: Estimate, candidates) -> tuple[Step, list[Value], tuple] | None:
-    """The last step in chunks, when it is worth it: (step, result values, clauses left), or None."""
+def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) -> tuple[Step, list[Value]] | None:
+    """The last step in chunks and every clause after it, when chunks are worth it: (step, result
+    values), or None."""
     context, clauses = planning.context, planning.clauses
     job = Job(step, clauses, planning.bound.output_axes, tuple(f"x{k}" for k in range(len(planning.bound.operands))), planning.bound.device)
     chunking = cutting.price(job, context, min(planning.limit, CHUNK_BYTES))
     if chunking is None:
         return None
+    model = context.model
     price = chunking.estimate(clauses)
     screened = screen.price(chunking, job, context) if chunking.mode == "reduce" else None
-    model = context.model
-    if screened is not None and screened.memory() <= planning.limit and model.seconds(screened.estimate(context)) < model.seconds(price):
+    screen_price = screened.estimate(context) if screened is not None else None
+    if (
+        screened is not None
+        and screen_price is not None
+        and screened.memory() <= planning.limit
+        and model.seconds(screen_price) < model.seconds(price)
+    ):
         statements, results = screen.emit(screened, job, context)
-        remaining, how, price = (), screened.describe(), screened.estimate(context)
+        remaining: tuple = ()
+        how, price = screened.describe(), screen_price
     else:
         statements, results, remaining = chunks.emit(chunking, job, context)
         how = chunking.describe()
-        screened = None
-    description = step.describe(REGISTRY[winner].result_axes(step))
-    candidates = candidates + (Candidate(CHUNKED, price, model.seconds(price)),)
-    kind = Step(CHUNKED, f"{description} {how}, then {chunking.inner}", tuple(statements), price, candidates)
     if remaining and len(results) == 1:
         more, results = apply_clauses(results[0], remaining, step.sizes, chunks.dtype_after(chunking, clauses), context.names)
-        kind = Step(kind.kind, kind.description, kind.statements + tuple(more), kind.estimate, kind.candidates)
-    return kind, results, remaining
+        statements += more
+    description = step.describe(REGISTRY[winner].result_axes(step))
+    candidates = candidates + (Candidate(CHUNKED, price, model.seconds(price)),)
+    return Step(CHUNKED, f"{description} {how}, then {chunking.inner}", tuple(statements), price, candidates), results
 
 
 def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step], list[Value], bool]:
@@ -279,7 +290,7 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
         budget = min(planning.limit, CHUNK_BYTES)
         wants_chunks = options.lowering == CHUNKED or estimate.memory > planning.limit or (planning.clauses and estimate.memory > budget)
         if number == len(path) - 1 and wants_chunks:
-            done = _chunked(planning, step, winner, estimate, candidates)
+            done = _chunked(planning, step, winner, candidates)
             if done is not None:
                 steps.append(done[0])
                 return steps, done[1], True

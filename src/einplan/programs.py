@@ -22,6 +22,7 @@ from . import plan as planner
 from .bind import MAX_SIZE, bind, check_size
 from .cost import load_model
 from .errors import EinplanError, ShapeError
+from .plan import check_memory_limit
 from .resolve import resolve
 from .signatures import NO_AXES, jaxtyping_check
 from .source import FUNCTION_NAME, compile_source, render
@@ -83,12 +84,6 @@ def check_sizes(sizes: dict) -> None:
         check_size(name, value)
 
 
-def check_memory_limit(memory_limit) -> None:
-    """``memory_limit`` is None or a positive int (bytes): not a bool, not a float that equals one."""
-    if memory_limit is not None and (not isinstance(memory_limit, int) or isinstance(memory_limit, bool) or memory_limit <= 0):
-        raise EinplanError(f"memory_limit must be a positive int (bytes), got {memory_limit!r}")
-
-
 def check_call(sizes, memory_limit) -> None:
     """What ``bl`` checks before its cache key: a float 3.0 or a bool True hashes as the int it
     equals, so a warm cache would otherwise take it for that int.  ``sizes``: (name, value) pairs."""
@@ -147,7 +142,6 @@ def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner
     """Pattern and shapes -> checked, bound and planned (no tensor data needed)."""
     if not isinstance(pattern, str):
         raise TypeError(f"an einplan pattern is a str, not {type(pattern).__name__}")
-    check_memory_limit(options.memory_limit)
     resolved = resolve(pattern)
     bound = bind(resolved, shapes, dtype, device, sizes)
     jaxtyping_check(resolved, shapes, dtype)

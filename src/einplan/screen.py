@@ -18,7 +18,7 @@ import torch
 
 from . import ir
 from .chunking import Chunking, Job
-from .chunks import Loops
+from .chunks import Loops, rows_of
 from .clauses import ARG_REDUCERS, MERGE_CALLS, REDUCE_CALLS, extreme, new_tensor, sized, strictly_better
 from .contraction import Context, Value
 from .cost import Estimate
@@ -165,12 +165,10 @@ def _screen_tile(screen: Screen, loops: Loops, tile, top: str, i: ir.Expr) -> li
     largest = ir.Call(
         "torch.amax", (ir.Method(ir.Var(value.var), "view", (ir.Const(torch.int16),)), ir.Const(value.axes.index(chunking.column)))
     )
-    if chunking.rows >= chunking.total:
-        target: ir.Expr = ir.Var(top)
-        return computed + [ir.Assign(top, ir.Call("torch.maximum", (target, largest)), "each row's largest bits so far")]
-    rows = ir.Const(chunking.rows, loops.size_tag(chunking.axis))
-    target = ir.Index(ir.Var(top), (ir.Range(i, ir.plus(i, rows)),))
-    return computed + [ir.Assign(target, ir.Call("torch.maximum", (target, largest)), "each row's largest bits so far")]
+    rows = rows_of(Value(top, (chunking.axis,)), chunking.axis, i, ir.Const(chunking.rows, loops.size_tag(chunking.axis)))
+    target: str | ir.Index = rows if chunking.cuts_rows else top
+    current = ir.Var(top) if isinstance(target, str) else target
+    return computed + [ir.Assign(target, ir.Call("torch.maximum", (current, largest)), "each row's largest bits so far")]
 
 
 def _norm(screen: Screen, value: Value, longest: bool = False) -> ir.Expr:
