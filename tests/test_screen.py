@@ -134,10 +134,14 @@ def test_rows_may_come_from_either_operand(reducer, order):
 
 
 @pytest.mark.parametrize("reducer", ["max", "min"])
-def test_screened_gradients_are_torchs(reducer):
+def test_a_call_autograd_records_is_differentiated_in_tiles_not_screened(reducer):
     a, b = [t.requires_grad_() for t in _data("random", reducer, seed=4)]
     pattern = f"m d, n d -> | {reducer} m n"
-    assert _is_screened(pattern, a, b)
+    with torch.no_grad():
+        assert _is_screened(pattern, a, b)  # nothing to differentiate: the screen
+    assert _is_screened(pattern, a, b, grad=False)
+    assert not _is_screened(pattern, a, b)  # its backward recomputes the float32 tiles the forward used
+    assert plan_for(pattern, a, b).functions
     got = einplan.bl(pattern, a, b)
     want = getattr(torch, f"a{reducer}")(a @ b.T)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .clauses import ARG_REDUCERS, MERGE_CALLS
-from .contraction import Context, Contraction, Options
+from .contraction import Context, Contraction
 from .cost import Estimate
 from .lowerings import MATMUL, REGISTRY, MatmulBroadcast, choose
 
@@ -39,6 +39,9 @@ ROW_TILE_BYTES = 2 * 2**20  # a tile's budget (the GEMM's output plus the clause
 TILE_WIDTH = 512
 DEFAULT_MEMORY_LIMIT = 256 * 2**20  # a step whose intermediate is larger is computed in chunks
 TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0, "argmax": 1.0, "argmin": 1.0}
+# a chunk's backward holds its recomputed product, the weights made from it and a mask or an
+# exp beside them: chunks of rows are priced with this many more chunk-sized temporaries
+BACKWARD_TEMPORARIES = 2.0
 GRAD_FLAG = "grad"  # True when autograd is recording: matmul must not write into the buffer then
 
 
@@ -175,7 +178,7 @@ def price(job: Job, context: Context, budget: int) -> Chunking | None:
     chunk = replace(step, rank=lambda x: (-1, 0) if x == axis else step.rank(x))
     options = context.options
     forced = options.lowering if options.lowering in REGISTRY else None
-    inner, full, _ = choose(chunk, Context(context.names, Options(forced, options.memory_limit, options.compiled), context.model))
+    inner, full, _ = choose(chunk, Context(context.names, replace(options, lowering=forced), context.model))
     axes = REGISTRY[inner].result_axes(chunk)
     matmul = REGISTRY[MATMUL]
     direct = inner == MATMUL and isinstance(matmul, MatmulBroadcast) and matmul.writes_out(chunk)
@@ -186,7 +189,7 @@ def price(job: Job, context: Context, budget: int) -> Chunking | None:
     column, width = None, 0
     if mode == "reduce" and plain:
         column, width = _whole_product_tiles(job, chunk, axes, context, budget)
-        if column is None and job.clauses[0][0] in ONE_PASS:
+        if column is None and job.clauses[0][0] in ONE_PASS and not options.grad:  # a backward holds more than one chunk
             budget = max(budget, min(options.memory_limit or DEFAULT_MEMORY_LIMIT, ONE_PASS_CHUNK_BYTES))
     elif style == "rows" and plain and _row_tiles(job, axes, context) is not None:
         style, budget = "row-tiles", min(budget, ROW_TILE_BYTES)
@@ -197,6 +200,7 @@ def price(job: Job, context: Context, budget: int) -> Chunking | None:
     if column is not None:
         per_row = width * step.dtype.itemsize * factor
     else:
+        factor += BACKWARD_TEMPORARIES if options.grad else 0.0
         per_row = max(full.memory / max(total, 1), step.dtype.itemsize) * factor
     rows = int(max(1, min(total, budget // per_row))) if total else 1
     if column is None and rows >= total:

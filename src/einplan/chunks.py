@@ -28,8 +28,10 @@ from .clauses import (
     extreme,
     finish_running,
     fold,
+    fold_counting,
     index_per_axis,
     new_tensor,
+    no_ties_at_nan,
     running_start,
     sized,
     strictly_better,
@@ -43,8 +45,13 @@ from .lowerings import MATMUL, REGISTRY
 class Loops:
     """Statements of a chunked step: cut operands, loop over chunks and tiles, contract each."""
 
-    def __init__(self, chunking: Chunking, job: Job, context: Context):
+    def __init__(self, chunking: Chunking, job: Job, context: Context, flagged: bool = True, counting: bool = False):
         self.chunking = chunking
+        # flagged: the code checks whether autograd records before writing into out= buffers (not
+        # inside an autograd function, whose forward never records).  counting: a running max/min
+        # also counts the positions that tie for it (what its backward splits the gradient by)
+        self.flagged = flagged
+        self.counting = counting
         self.job = job
         self.context = context
         self.names = context.names
@@ -101,7 +108,7 @@ class Loops:
         statements = [
             ir.Assign(self.buffer, new_tensor("torch.empty", sized(shape, self.size_tag()), dtype), f"{self.piece} buffer, {size}")
         ]
-        if grad:
+        if grad and self.flagged:
             recording = ir.BoolOp("or", tuple(ir.Attr(ir.Var(x), "requires_grad") for x in self.job.inputs))
             flag = ir.BoolOp("and", (ir.Call("torch.is_grad_enabled", ()), recording))
             statements.append(ir.Assign(GRAD_FLAG, flag, "out= buffers do not carry gradients"))
@@ -121,7 +128,8 @@ class Loops:
         lowered = REGISTRY[self.chunking.inner].emit(step, self.context)
         expr = lowered.expr
         if self.buffer is not None and isinstance(expr, ir.Call):
-            out = ir.IfExp(ir.Var(GRAD_FLAG), ir.Const(None), self.buffer_part()) if grad else self.buffer_part()
+            flag = grad and self.flagged
+            out = ir.IfExp(ir.Var(GRAD_FLAG), ir.Const(None), self.buffer_part()) if flag else self.buffer_part()
             expr = ir.Call(expr.func, expr.args, (("out", out),))
         comment = f"{self.chunking.inner}: {self.chunking.step.describe(lowered.axes)} for this {self.piece}"
         if lowered.setup and isinstance(expr, ir.Var):
@@ -186,30 +194,42 @@ def _emit_row_tiles(loops: Loops) -> tuple[list, list[Value]]:
     dtype = chunking.step.dtype
     statements = loops.buffer_setup()
     elided = not chunking.cuts_rows
-    result = Value(names.fresh("result"), (chunking.axis,))
+    results = [Value(names.fresh("result"), (chunking.axis,))]
+    kinds = [(clause_dtype(reducer, dtype), "result")]
+    if loops.counting:
+        results.append(Value(names.fresh("ties"), (chunking.axis,)))
+        kinds.append((torch.int64, "how many positions tie for each row's " + reducer))
     if not elided:
         shape = sized((chunking.total,), (chunking.axis,))
-        statements.append(
-            ir.Assign(result.var, new_tensor("torch.empty", shape, clause_dtype(reducer, dtype)), "result, filled chunk by chunk")
-        )
+        for result, (kind, role) in zip(results, kinds, strict=True):
+            statements.append(ir.Assign(result.var, new_tensor("torch.empty", shape, kind), f"{role}, filled chunk by chunk"))
     rows = ir.Const(chunking.rows, loops.size_tag(chunking.axis))
 
     def body(start, parts):
-        acc = result.var if elided else names.fresh("acc")
+        accs = [r.var for r in results] if elided else [names.fresh("acc") for _ in results]
         length = loops.lengths[chunking.axis] if not elided else None
         shape = ir.Tuple((length,)) if length is not None else sized((chunking.total,), (chunking.axis,))
-        inner = [running_start(acc, reducer, shape, dtype)]
+        inner = [running_start(accs[0], reducer, shape, dtype)]
+        if loops.counting:
+            inner.append(ir.Assign(accs[1], new_tensor("torch.zeros", shape, torch.int64), "running count of ties"))
 
         def tile(_, tile_parts):
             computed, value = loops.contract(tile_parts)
-            return computed + fold(acc, reducer, value, (column,), dtype, names, "tile")
+            if loops.counting:
+                return computed + fold_counting(accs[0], accs[1], reducer, value, (column,), names, "tile")
+            return computed + fold(accs[0], reducer, value, (column,), dtype, names, "tile")
 
         inner += loops.over_tiles(parts, tile)
+        if loops.counting:
+            inner.append(no_ties_at_nan(accs[0], accs[1]))
         if not elided:
-            inner.append(ir.Assign(rows_of(result, chunking.axis, start, rows), ir.Var(acc), f"write rows of {chunking.axis}"))
+            inner += [
+                ir.Assign(rows_of(r, chunking.axis, start, rows), ir.Var(acc), f"write rows of {chunking.axis}")
+                for r, acc in zip(results, accs, strict=True)
+            ]
         return inner
 
-    return statements + loops.over_rows(loops.operands(), body), [result]
+    return statements + loops.over_rows(loops.operands(), body), results
 
 
 def _emit_running(loops: Loops) -> tuple[list, list[Value]]:
@@ -219,22 +239,31 @@ def _emit_running(loops: Loops) -> tuple[list, list[Value]]:
     dtype = chunking.step.dtype
     rest = tuple(x for x in loops.axes if x not in ids)
     statements = loops.buffer_setup()
-    acc = names.fresh("acc")
-    statements.append(running_start(acc, reducer, sized(tuple(chunking.step.sizes[x] for x in rest), rest), dtype))
+    shape = sized(tuple(chunking.step.sizes[x] for x in rest), rest)
+    accs = [names.fresh("acc")]
+    statements.append(running_start(accs[0], reducer, shape, dtype))
+    if loops.counting:
+        accs.append(names.fresh("ties"))
+        statements.append(ir.Assign(accs[1], new_tensor("torch.zeros", shape, torch.int64), "running count of ties"))
 
     def body(_, parts):
         if chunking.column is not None:
-            return loops.over_tiles(parts, lambda __, tile: _contract_and_fold(loops, tile, acc, reducer, ids))
-        return _contract_and_fold(loops, parts, acc, reducer, ids)
+            return loops.over_tiles(parts, lambda __, tile: _contract_and_fold(loops, tile, accs, reducer, ids))
+        return _contract_and_fold(loops, parts, accs, reducer, ids)
 
     statements += loops.over_rows(loops.operands(), body)
     count = ir.Const(numel(chunking.step.sizes, ids), frozenset(ids))
-    return statements + finish_running(acc, reducer, dtype, count), [Value(acc, rest)]
+    statements += finish_running(accs[0], reducer, dtype, count)
+    if loops.counting:
+        statements.append(no_ties_at_nan(accs[0], accs[1]))
+    return statements, [Value(acc, rest) for acc in accs]
 
 
-def _contract_and_fold(loops: Loops, parts, acc: str, reducer: str, ids) -> list:
+def _contract_and_fold(loops: Loops, parts, accs: list[str], reducer: str, ids) -> list:
     computed, value = loops.contract(parts)
-    return computed + fold(acc, reducer, value, ids, loops.chunking.step.dtype, loops.names, loops.piece)
+    if loops.counting:
+        return computed + fold_counting(accs[0], accs[1], reducer, value, ids, loops.names, loops.piece)
+    return computed + fold(accs[0], reducer, value, ids, loops.chunking.step.dtype, loops.names, loops.piece)
 
 
 def _emit_partial_sums(loops: Loops) -> tuple[list, list[Value]]:
@@ -385,7 +414,14 @@ EMITTERS = {
 
 def emit(chunking: Chunking, job: Job, context: Context) -> tuple[list, list[Value], tuple]:
     """The chunked step's statements, its result values, and the clauses left for after the loops."""
-    statements, results = EMITTERS[chunking.style](Loops(chunking, job, context))
+    return emit_loops(Loops(chunking, job, context))
+
+
+def emit_loops(loops: Loops) -> tuple[list, list[Value], tuple]:
+    """:func:`emit` with loops made by the caller (an autograd function's forward: no grad flag,
+    and the tie counts of a running max/min as a second result)."""
+    chunking, job = loops.chunking, loops.job
+    statements, results = EMITTERS[chunking.style](loops)
     remaining = tuple(job.clauses[1:]) if chunking.style in ("running", "running-arg") else ()
     return statements, results, remaining
 

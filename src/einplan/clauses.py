@@ -162,6 +162,39 @@ def fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: N
     ]
 
 
+def aligned(value: Value, axes) -> ir.Expr:
+    """``value`` (whose axes are ``axes`` less some, in order) indexed to broadcast against ``axes``:
+    ``part[:, None]`` for a part reduced over the second of two axes."""
+    items = [ir.SLICE if x in value.axes else None for x in axes]
+    while items and items[-1] is ir.SLICE:
+        items.pop()
+    return ir.Index(ir.Var(value.var), tuple(items)) if items else ir.Var(value.var)
+
+
+def fold_counting(acc: str, count: str, reducer: str, value: Value, ids, names: Names, piece: str) -> list:
+    """:func:`fold` for a max/min that also keeps ``count``, how many positions equal the running
+    extreme: a piece's own ties replace it when the piece's extreme is better, and add to it on a tie."""
+    dims = tuple(value.axes.index(x) for x in ids)
+    part, ties = names.fresh("part"), names.fresh("ties")
+    rest = Value(part, tuple(x for x in value.axes if x not in ids))
+    arg = ir.Const(dims[0] if len(dims) == 1 else dims)
+    same = ir.BinOp("==", ir.Var(value.var), aligned(rest, value.axes))
+    better = ir.BinOp(">" if reducer == "max" else "<", ir.Var(part), ir.Var(acc))
+    tied = ir.Call("torch.where", (ir.BinOp("==", ir.Var(part), ir.Var(acc)), ir.BinOp("+", ir.Var(count), ir.Var(ties)), ir.Var(count)))
+    return [
+        ir.Assign(part, ir.Call(REDUCE_CALLS[reducer], (ir.Var(value.var), arg)), f"{reducer} of this {piece}"),
+        ir.Assign(ties, ir.Method(same, "sum", (arg,)), f"how many positions of this {piece} equal it"),
+        ir.Assign(count, ir.Call("torch.where", (better, ir.Var(ties), tied)), "count the ties of the running " + reducer),
+        ir.Assign(acc, ir.Call(MERGE_CALLS[reducer], (ir.Var(acc), ir.Var(part))), "combine"),
+    ]
+
+
+def no_ties_at_nan(acc: str, count: str) -> ir.Assign:
+    """A NaN extreme ties with nothing (torch.amax's gradient is NaN there: g / 0 at no position)."""
+    nan = ir.BinOp("!=", ir.Var(acc), ir.Var(acc))
+    return ir.Assign(count, ir.Call("torch.where", (nan, ir.Const(0), ir.Var(count))), "a NaN ties with nothing")
+
+
 def finish_running(acc: str, reducer: str, dtype: torch.dtype, count: ir.Const) -> list:
     """After the loops: a mean divides by the count; an accumulator kept wider goes back to the
     clause's dtype."""

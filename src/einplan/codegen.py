@@ -9,6 +9,8 @@ comments, and they are grammar-checked identifiers.
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass, replace
+
 import torch
 
 from . import ir
@@ -84,6 +86,8 @@ def expr(node) -> str:
     if isinstance(node, ir.Tuple):
         inner = ", ".join(expr(v) for v in node.items)
         return f"({inner},)" if len(node.items) == 1 else f"({inner})"
+    if isinstance(node, ir.Apply):
+        return f"{node.function}.apply({_args(node.args, ())})"
     raise TypeError(f"cannot render {node!r}")
 
 
@@ -112,6 +116,11 @@ def statements(stmts, indent: str = "    ") -> list[str]:
             lines.extend(statements(stmt.body, indent + "    "))
         elif isinstance(stmt, ir.Delete):
             lines.append(f"{indent}del {', '.join(_target(n) for n in stmt.names)}")
+        elif isinstance(stmt, ir.Save):
+            lines.append(f"{indent}ctx.save_for_backward({', '.join(_target(n) for n in stmt.names)})")
+        elif isinstance(stmt, ir.Saved):
+            targets = ", ".join(_target(n) for n in stmt.names) + ("," if len(stmt.names) == 1 else "")
+            lines.append(f"{indent}{targets} = ctx.saved_tensors")
         elif isinstance(stmt, ir.Return):
             value = stmt.value
             if isinstance(value, tuple):
@@ -123,13 +132,40 @@ def statements(stmts, indent: str = "    ") -> list[str]:
     return lines
 
 
-def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, body) -> str:
-    """The source of one function: ``def name(x0: Float[Tensor, "..."], ...) -> ...``."""
+def qualified(nodes, prefix: str):
+    """``nodes`` with every autograd function's local name prefixed by ``prefix`` (the name of the
+    generated function that defines it)."""
+    if isinstance(nodes, ir.Apply):
+        return ir.Apply(f"{prefix}_{nodes.function}", qualified(nodes.args, prefix))
+    if isinstance(nodes, ir.Function):
+        return replace(nodes, name=f"{prefix}_{nodes.name}")
+    if isinstance(nodes, tuple | list):
+        return type(nodes)(qualified(n, prefix) for n in nodes)
+    if is_dataclass(nodes) and not isinstance(nodes, (type, ir.Const)):
+        return replace(nodes, **{f.name: qualified(getattr(nodes, f.name), prefix) for f in fields(nodes)})
+    return nodes
+
+
+def autograd_class(function: ir.Function) -> str:
+    """The source of one ``torch.autograd.Function``: a forward and a backward, each a staticmethod."""
+    lines = [f"class {_target(function.name)}(torch.autograd.Function):", f'    """{function.doc}"""', ""]
+    lines += ["    @staticmethod", f"    def forward(ctx, {', '.join(_target(n) for n in function.inputs)}):"]
+    lines += statements(function.forward, "        ")
+    lines += ["", "    @staticmethod", f"    def backward(ctx, {', '.join(_target(n) for n in function.grads)}):"]
+    lines += statements(function.backward, "        ")
+    return "\n".join(lines) + "\n"
+
+
+def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, body, functions=()) -> str:
+    """The source of one function: ``def name(x0: Float[Tensor, "..."], ...) -> ...``, after the
+    autograd functions (``ir.Function``) its body applies."""
     if not name.isidentifier():
         raise ValueError(f"not a function name: {name!r}")
+    classes = "".join(autograd_class(f) + "\n\n" for f in qualified(tuple(functions), name))
+    body = qualified(tuple(body), name)
     lines = [f"def {name}("]
     lines += [f"    {p}: {a}," for p, a in params]
     lines.append(f") -> {returns}:")
     lines.append(f'    """{doc}"""')
     lines += statements(body)
-    return "\n".join(lines) + "\n"
+    return classes + "\n".join(lines) + "\n"

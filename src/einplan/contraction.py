@@ -23,6 +23,7 @@ class Options:
     lowering: str | None = None  # force one lowering for every contraction step
     memory_limit: int | None = None  # bytes an intermediate may take
     compiled: bool = False  # torch.compile will trace the code: a broadcast product and its sum fuse
+    grad: bool = False  # autograd records the call: a chunked step's backward runs in chunks too
 
 
 @dataclass(frozen=True)

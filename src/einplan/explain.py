@@ -39,6 +39,8 @@ def _step(number: int, step: planner.Step, plan: planner.Plan) -> list[str]:
         terms = plan.model.breakdown(candidate.estimate)
         main = max(terms, key=lambda term: terms[term])
         lines.append(f"     {mark} {candidate.lowering:<18} est. {candidate.seconds * 1e6:9.1f} us  (mostly {main})")
+    if step.backward:
+        lines.append(f"     backward: {step.backward}")
     return lines + _why(step, plan)
 
 

@@ -38,6 +38,8 @@ FUNCTIONS = frozenset(
         "torch.nonzero",
         "torch.index_select",
         "torch.logical_not",
+        "torch.exp",
+        "torch.zeros_like",
     }
 )
 METHODS = frozenset(
@@ -159,6 +161,21 @@ class Range:
 
 
 @dataclass(frozen=True)
+class Apply:
+    """``function.apply(args)``: run one of the plan's autograd functions (see :class:`Function`).
+
+    ``function`` is the function's local name; the rendered class name prefixes it with the
+    name of the generated function, so that the functions of one module never clash."""
+
+    function: str
+    args: tuple
+
+    def __post_init__(self):
+        if not self.function.isidentifier():
+            raise ValueError(f"not a generated name: {self.function!r}")
+
+
+@dataclass(frozen=True)
 class IfExp:
     """``then if condition else otherwise``."""
 
@@ -189,7 +206,7 @@ class Tuple:
 SLICE = slice(None)
 ELLIPSIS = ...
 
-Expr = Var | Const | Call | Method | Attr | BinOp | Index | IfExp | BoolOp | Tuple
+Expr = Var | Const | Call | Method | Attr | BinOp | Index | IfExp | BoolOp | Tuple | Apply
 
 
 @dataclass(frozen=True)
@@ -238,7 +255,41 @@ class Return:
     value: Expr | tuple
 
 
-Stmt = Assign | Do | Loop | Delete | Return
+@dataclass(frozen=True)
+class Save:
+    """``ctx.save_for_backward(names)`` in an autograd function's forward."""
+
+    names: tuple
+
+
+@dataclass(frozen=True)
+class Saved:
+    """``names = ctx.saved_tensors`` at the start of an autograd function's backward."""
+
+    names: tuple
+
+
+Stmt = Assign | Do | Loop | Delete | Return | Save | Saved
+
+
+@dataclass(frozen=True)
+class Function:
+    """A ``torch.autograd.Function`` the plan defines: a chunked step whose backward loops over
+    the same chunks, recomputing each one, instead of autograd keeping every chunk.
+
+    ``inputs`` are the forward's parameters (after ``ctx``), ``grads`` the backward's."""
+
+    name: str
+    doc: str
+    inputs: tuple
+    forward: tuple
+    grads: tuple
+    backward: tuple
+
+    def __post_init__(self):
+        names = (self.name, *self.inputs, *self.grads)
+        if not all(isinstance(n, str) and n.isidentifier() for n in names):
+            raise ValueError(f"not generated names: {names!r}")
 
 
 # --- small helpers the planner uses -------------------------------------------------

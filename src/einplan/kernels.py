@@ -406,6 +406,7 @@ def kernel(
     lowering: str | None = None,
     memory_limit: int | None = None,
     compiled: bool = False,
+    grad: bool | None = None,
     **sizes: int,
 ) -> Kernel:
     """Plan ``pattern`` once for these tensors or shapes and return a callable :class:`Kernel`.
@@ -422,8 +423,11 @@ def kernel(
     ``.source``; ``lowering``, ``memory_limit`` and axis sizes (``h=8``) are as
     for ``bl``.  ``compiled=True`` plans for code that torch.compile will trace
     (a broadcast multiply-sum then fuses into one loop), as ``bl`` does inside it.
+    ``grad=True`` plans for training: each chunked step is an autograd function whose backward
+    runs in chunks too (by default: whether a tensor given requires gradients, with grad mode on).
     """
     shapes, dtype_, device_ = programs.shapes_of(tensors_or_shapes, dtype, device)
+    grad = programs.records(tensors_or_shapes) if grad is None else bool(grad)
     return Kernel(
         pattern,
         shapes,
@@ -432,6 +436,6 @@ def kernel(
         dynamic=dynamic,
         check=check,
         name=name,
-        options=planner.Options(lowering, memory_limit, bool(compiled)),
+        options=planner.Options(lowering, memory_limit, bool(compiled), grad),
         sizes=sizes,
     )

@@ -25,8 +25,9 @@ CHUNKED = "chunked-reduction"
 LOWERINGS = (MATMUL, ELEMENTWISE, UNROLLED, CHUNKED)
 
 
-def _align(value: Value, layout: list[str]) -> ir.Expr:
-    """``value`` permuted to the order of ``layout`` with None for its missing axes."""
+def align(value: Value, layout) -> ir.Expr:
+    """``value`` permuted to the order of ``layout`` with None for its missing axes (those before its
+    first axis broadcast by themselves)."""
     present = [a for a in layout if a in value.axes]
     expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in present))
     first = next((k for k, a in enumerate(layout) if a in value.axes), len(layout))
@@ -97,7 +98,7 @@ class ElementwiseSum(Lowering):
     def emit(self, step: Contraction, context: Context) -> Lowered:
         layout = step.kept + step.summed
         into = self._into(step, context)
-        left, right = _align(step.a, layout), _align(step.b, layout)
+        left, right = align(step.a, layout), align(step.b, layout)
         product: ir.Expr
         if into is not None:
             product = ir.Method(*((left, "mul_", (right,)) if into is step.a else (right, "mul_", (left,))))

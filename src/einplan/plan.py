@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import opt_einsum
 
+from . import backward, chunks, ir, screen
 from . import chunking as cutting
-from . import chunks, ir, screen
 from .bind import Bound
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
 from .clauses import apply_clauses, check_supported, clause_dtype
@@ -50,6 +50,8 @@ class Step:
     statements: tuple
     estimate: Estimate | None = None
     candidates: tuple[Candidate, ...] = ()
+    functions: tuple[ir.Function, ...] = ()  # autograd functions its statements apply
+    backward: str = ""  # how its backward runs, when it is an autograd function of its own
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,20 @@ class Plan:
         return body + [ir.Return(value)]
 
     @property
+    def grad_matters(self) -> bool:
+        """Whether a call that autograd records has another plan: one of its steps is chunked (and
+        would be an autograd function of its own).  ``bl`` looks that plan up only then."""
+        return not self.options.grad and self.bound.dtype in backward.FLOATING and any(s.kind == CHUNKED for s in self.steps)
+
+    @property
+    def functions(self) -> tuple[ir.Function, ...]:
+        """The autograd functions the plan defines (one per chunked step differentiated in chunks)."""
+        return tuple(f for step in self.steps for f in step.functions)
+
+    @property
     def sized_axes(self) -> frozenset:
         """The axis ids whose sizes some number in the generated code was computed from."""
-        return ir.sized_axes(self.statements)
+        return ir.sized_axes([self.statements, self.functions])
 
 
 # --- operand preparation: views, diagonals, private sums ----------------------------------
@@ -250,16 +263,21 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) ->
         return None
     model = context.model
     price = chunking.estimate(clauses)
-    screened = screen.price(chunking, job, context) if chunking.mode == "reduce" else None
+    in_chunks = context.options.grad and backward.differentiable(chunking, job)  # its backward too
+    screened = screen.price(chunking, job, context) if chunking.mode == "reduce" and not in_chunks else None
     screen_price = screened.estimate(context) if screened is not None else None
-    if (
+    functions: tuple = ()
+    remaining: tuple = ()
+    if in_chunks:
+        statements, results, remaining, function = backward.emit(chunking, job, context)
+        how, functions = chunking.describe(), (function,)
+    elif (
         screened is not None
         and screen_price is not None
         and screened.memory() <= planning.limit
         and model.seconds(screen_price) < model.seconds(price)
     ):
         statements, results = screen.emit(screened, job, context)
-        remaining: tuple = ()
         how, price = screened.describe(), screen_price
     else:
         statements, results, remaining = chunks.emit(chunking, job, context)
@@ -269,7 +287,9 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) ->
         statements += more
     description = step.describe(REGISTRY[winner].result_axes(step))
     candidates = candidates + (Candidate(CHUNKED, price, model.seconds(price)),)
-    return Step(CHUNKED, f"{description} {how}, then {chunking.inner}", tuple(statements), price, candidates), results
+    text = f"{description} {how}, then {chunking.inner}"
+    after = backward.backward_text(chunking, job) if functions else ""
+    return Step(CHUNKED, text, tuple(statements), price, candidates, functions, after), results
 
 
 def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step], list[Value], bool]:

@@ -34,6 +34,14 @@ CACHE_SIZE = 4096  # plans kept (least recently used are dropped first)
 # after a 600 us GEMM: bl's look-up cost 20-30 us, of which these save about a third).
 is_compiling = torch.compiler.is_compiling  # torch.compile recognises the function itself
 metadata = operator.attrgetter("shape", "dtype", "device")  # one operand's part of a call signature
+requires_grad = operator.attrgetter("requires_grad")
+is_grad_enabled = torch.is_grad_enabled
+
+
+def records(tensors) -> bool:
+    """Whether autograd records a call on ``tensors`` (tensors or shapes): the plan then
+    differentiates its chunked steps in chunks too."""
+    return is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class Program:
     plan: planner.Plan
     source: str
     function: Callable
+    grad_matters: bool = False  # a call that autograd records has a plan of its own (see Plan.grad_matters)
 
     def __call__(self, *tensors):
         return self.function(*tensors)
@@ -51,7 +60,7 @@ class Program:
 def program(plan: planner.Plan, name: str = FUNCTION_NAME, shapes=None, symbolic: frozenset = NO_AXES) -> Program:
     """Render ``plan`` (see :func:`einplan.source.render`) and compile it."""
     source = render(plan, name, shapes, symbolic)
-    return Program(plan, source, compile_source(source, name))
+    return Program(plan, source, compile_source(source, name), plan.grad_matters)
 
 
 # --- checking a call --------------------------------------------------------------------------------
@@ -148,12 +157,12 @@ def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner
     return planner.build(bound, options, load_model(device))
 
 
-def build(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, compiled: bool = False) -> Program:
-    """The program for one call signature (what :data:`lookup` caches)."""
+def build(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, compiled: bool = False, grad: bool = False) -> Program:
+    """The program for one call signature (what :data:`lookup` caches); ``grad``: autograd records the call."""
     check_signature(signature)
     shapes = [shape for shape, _, _ in signature]
     dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
-    options = planner.Options(lowering, memory_limit, compiled)
+    options = planner.Options(lowering, memory_limit, compiled, grad)
     return program(make_plan(pattern, shapes, dtype, device, dict(sizes), options))
 
 

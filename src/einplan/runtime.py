@@ -20,8 +20,11 @@ from .programs import (  # noqa: F401  (part of this module's interface since be
     check_tensors,
     clear_cache,
     is_compiling,
+    is_grad_enabled,
     make_plan,
     metadata,
+    records,
+    requires_grad,
     set_cache_size,
     shapes_of,
 )
@@ -52,6 +55,8 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: str | None = None, memory
         check_memory_limit(memory_limit)
     try:
         program = programs.lookup(pattern, tuple(map(metadata, tensors)), key, lowering, memory_limit)
+        if program.grad_matters and is_grad_enabled() and True in map(requires_grad, tensors):  # its backward in chunks too
+            program = programs.lookup(pattern, tuple(map(metadata, tensors)), key, lowering, memory_limit, False, True)
     except AttributeError:
         check_tensors(tensors)
         raise
@@ -66,11 +71,14 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: str | None = None, memory
 
 
 def plan_for(
-    pattern: str, *tensors_or_shapes, device=None, dtype=None, lowering=None, memory_limit=None, compiled=False, **sizes
+    pattern: str, *tensors_or_shapes, device=None, dtype=None, lowering=None, memory_limit=None, compiled=False, grad=None, **sizes
 ) -> planner.Plan:
-    """The plan for these shapes; ``compiled=True`` is the plan ``bl`` uses inside torch.compile."""
+    """The plan for these shapes; ``compiled=True`` is the plan ``bl`` uses inside torch.compile;
+    ``grad=True`` the plan of a call autograd records (by default: whether a tensor given requires
+    gradients, with grad mode on), whose chunked steps run their backward in chunks too."""
     shapes, dtype, device = shapes_of(tensors_or_shapes, dtype, device)
-    return make_plan(pattern, shapes, dtype, device, sizes, planner.Options(lowering, memory_limit, bool(compiled)))
+    grad = records(tensors_or_shapes) if grad is None else bool(grad)
+    return make_plan(pattern, shapes, dtype, device, sizes, planner.Options(lowering, memory_limit, bool(compiled), grad))
 
 
 def code(pattern: str, *tensors_or_shapes, **options) -> str:

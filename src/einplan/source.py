@@ -33,8 +33,9 @@ def function_doc(plan: planner.Plan) -> str:
 
 
 def body(plan: planner.Plan) -> str:
-    """The function's statements alone: two plans with one body run the same code."""
-    return "\n".join(codegen.statements(plan.statements))
+    """The function's statements alone (and its autograd functions'): two plans with one body run the same code."""
+    classes = [codegen.autograd_class(f) for f in plan.functions]
+    return "\n".join([*classes, *codegen.statements(plan.statements)])
 
 
 def render(plan: planner.Plan, name: str = FUNCTION_NAME, shapes=None, symbolic: frozenset = NO_AXES) -> str:
@@ -44,7 +45,7 @@ def render(plan: planner.Plan, name: str = FUNCTION_NAME, shapes=None, symbolic:
     they pin each size except the axes in ``symbolic``.
     """
     params, returns = annotate(plan.bound, plan.inputs, len(plan.returns), shapes, symbolic)
-    return codegen.function(name, params, returns, function_doc(plan), plan.statements)
+    return codegen.function(name, params, returns, function_doc(plan), plan.statements, plan.functions)
 
 
 # How many live functions were compiled from each linecache entry: the entry goes with the last.

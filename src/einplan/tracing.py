@@ -88,11 +88,11 @@ class Traceable(Protocol):
 
 
 @constant_under_compile
-def _bl_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit) -> str:
+def _bl_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, grad: bool) -> str:
     try:
         programs.check_call(sizes, memory_limit)
         signature = tuple((torch.Size(shape), dtype, device) for shape, dtype, device in signature)
-        function = programs.lookup(pattern, signature, sizes, lowering, memory_limit, True).function
+        function = programs.lookup(pattern, signature, sizes, lowering, memory_limit, True, grad).function
     except (EinplanError, TypeError) as error:
         function = failing(error)
     return traced_name(function)
@@ -109,7 +109,8 @@ def _call_program(owner: Traceable, signature: tuple) -> str:
 
 def traced_bl(pattern: str, tensors: tuple, lowering, memory_limit, sizes: dict):
     """``bl`` while torch.compile traces: a trace-time plan look-up, then the generated torch code."""
-    name = _bl_program(pattern, signature(tensors), tuple((k, constant(v)) for k, v in sizes.items()), lowering, constant(memory_limit))
+    sized = tuple((k, constant(v)) for k, v in sizes.items())
+    name = _bl_program(pattern, signature(tensors), sized, lowering, constant(memory_limit), programs.records(tensors))
     return getattr(_TRACED, name)(*tensors)
 
 
