@@ -149,11 +149,11 @@ class _Backward:
             return [ir.Assign(weights, expanded, "each product's share of the gradient")], Value(weights, axes)
         statements, product = loops.contract([a, b], grad=False)
         if self.chunking.style == "rows":
-            more, weights = _chain(product, clauses, share, self.chunking, loops)
+            more, found = _chain(product, clauses, share, self.chunking, loops)
         else:
             counted = clauses[0][0] in ("max", "min")
-            more, weights = _derivative(clauses[0][0], product, result, share, counted, names, loops)
-        return statements + more, weights
+            more, found = _derivative(clauses[0][0], product, result, share, counted, names, loops)
+        return statements + more, found
 
     def _contract_into(self, loops: Loops, grad: Value, weights: Value, other: Value) -> list:
         """``grad += weights . other`` over the axes ``grad`` lacks, planned by einplan's lowerings."""
@@ -184,6 +184,7 @@ def backward_text(chunking: Chunking, job: Job) -> str:
     recompute = any(reducer in NEEDS_PRODUCT for reducer, _ in clauses)
     piece = "tile" if chunking.column is not None else "chunk"
     temporaries = max((TEMPORARIES[r] for r, _ in job.clauses), default=1.0)
+    product: float
     if chunking.column is not None:
         product = chunking.rows * chunking.width * chunking.step.dtype.itemsize
     else:  # chunks of rows were priced with the backward's temporaries
