@@ -1,4 +1,4 @@
-"""einplan against every peer on the seed workloads W1..W6 of issue 3.
+"""einplan against every peer on the seed workloads W1..W6 of issue 3 and the training ones, W7 and W8.
 
     python benchmarks/run.py              # full sizes (a few minutes)
     python benchmarks/run.py --quick      # small sizes, few repetitions (smoke test)
@@ -10,12 +10,12 @@ Every result is checked against einplan's (or, if einplan cannot run the row,
 against the reference recipe) before it is timed.  Per workload a ratio table
 (einplan time / peer time; below 1 means einplan is faster) and each target
 of issue 3 with whether it is met.  Peak extra memory of einplan's call in W5
-and W6 is measured in a fresh subprocess (see memory.py).
+to W8 is measured in a fresh subprocess (see memory.py).
 
 Writes results.json and results.png next to this file (results_quick.* with
 --quick; a suffix naming the workloads with --only).
 
-The workloads are in dense.py (W1-W3), tiny.py (W4) and allpairs.py (W5, W6);
+The workloads are in dense.py (W1-W3), tiny.py (W4), allpairs.py (W5, W6) and training.py (W7, W8);
 cases.py checks and times one case, report.py prints and writes the results.
 """
 
@@ -39,6 +39,7 @@ from dense import w1, w2, w3
 from report import print_case, print_summary, write_chart, write_json
 from timing import contention_warning, machine_summary, time_one
 from tiny import w4
+from training import w7, w8
 
 
 def copy_bandwidth(cfg: Config) -> float:
@@ -82,11 +83,13 @@ def workloads(cfg: Config, rates: dict) -> dict:
         "W4": lambda: w4(cfg, rates.get("copy_bandwidth_bytes_per_s")),
         "W5": lambda: w5(cfg, rates.get("sgemm_flops_per_s")),
         "W6": lambda: w6(cfg),
+        "W7": lambda: w7(cfg),
+        "W8": lambda: w8(cfg),
     }
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="einplan against every peer on workloads W1..W6 (issue 3)")
+    parser = argparse.ArgumentParser(description="einplan against every peer on workloads W1..W8")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions (a smoke test)")
     parser.add_argument(
         "--only", action="append", default=[], metavar="W3", help="run only these workloads (repeatable, or comma-separated)"

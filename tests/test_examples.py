@@ -25,6 +25,7 @@ EXPECTED = {
     "max_inner_product.py",
     "attention.py",
     "codegen_kernels.py",
+    "contrastive_loss.py",
 }
 
 

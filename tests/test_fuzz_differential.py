@@ -84,7 +84,7 @@ PROFILE = settings.get_profile("long" if LONG else "einplan-fuzz-ci")
 #   sum-products 5 x 150 + clauses 5 x 150 + small patterns 5 x 150 + int64 clause chains
 #   5 x 30 + size-0 extremes 5 x 30 = 2550 examples, each run in float64 and, for most,
 #   in a second dtype.
-EXAMPLES = {"sum_products": 150, "clauses": 150, "small": 150, "integer_clauses": 30, "empty_extremes": 30}
+EXAMPLES = {"sum_products": 150, "clauses": 150, "small": 150, "integer_clauses": 30, "empty_extremes": 30, "small_limits": 120}
 
 
 def _settings(kind: str) -> settings:
@@ -442,10 +442,10 @@ def assert_same_choice(got, want, before, reducer, n_out, context) -> None:
 # --- one example --------------------------------------------------------------------------------
 
 
-def _call(pattern, operands, lowering):
+def _call(pattern, operands, lowering, memory_limit=None):
     """einplan.bl; None if a forced lowering declines with UnsupportedError."""
     try:
-        return einplan.bl(pattern, *operands, lowering=lowering)
+        return einplan.bl(pattern, *operands, lowering=lowering, memory_limit=memory_limit)
     except einplan.UnsupportedError:
         if lowering is None:
             raise
@@ -458,17 +458,17 @@ def _n_out(equation: str, shapes, clauses) -> int:
     return len(torch.einsum(equation, *[torch.zeros(s) for s in shapes]).shape) - n_clause
 
 
-def run_example(case, lowering, layouts, alias, seed) -> list[str]:
+def run_example(case, lowering, layouts, alias, seed, memory_limit=None) -> list[str]:
     """Check one example in float64, then in its other dtype if it has one."""
     dtypes = [F64] if case[4] == F64 else [F64, case[4]]
-    return [run_in(case, dtype, lowering, layouts, alias, seed) for dtype in dtypes]
+    return [run_in(case, dtype, lowering, layouts, alias, seed, memory_limit) for dtype in dtypes]
 
 
-def run_in(case, dtype, lowering, layouts, alias, seed) -> str:
+def run_in(case, dtype, lowering, layouts, alias, seed, memory_limit=None) -> str:
     """Check one example in one dtype; 'computed', 'declined' or 'raised' (an expected EinplanError)."""
     pattern, equation, shapes, clauses, _, _ = case
     context = (
-        f"pattern {pattern!r} shapes={shapes} dtype={dtype} lowering={lowering_id(lowering)} "
+        f"pattern {pattern!r} shapes={shapes} dtype={dtype} lowering={lowering_id(lowering)} memory_limit={memory_limit} "
         f"layouts={layouts} alias={alias} (oracle: einsum {equation!r}, clauses {list(clauses)})"
     )
     n_out = _n_out(equation, shapes, clauses)
@@ -488,7 +488,7 @@ def run_in(case, dtype, lowering, layouts, alias, seed) -> str:
         raise AssertionError(f"{context}: expected EinplanError (an extreme over size 0), got {got!r}") from None
 
     try:
-        got = _call(pattern, operands, lowering)
+        got = _call(pattern, operands, lowering, memory_limit)
     except Exception as error:  # any exception here is a failure, reported with the case
         raise AssertionError(f"{context}: einplan raised {type(error).__name__}: {error}") from error
     if got is None:
@@ -542,7 +542,7 @@ HEALTHY_SHARE = {None: 1.0, MATMUL: 0.9, ELEMENTWISE: 0.9, CHUNKED: 0.9}
 UNROLLED_SHARE = {"sum_products": 0.15, "small": 0.25, "clauses": 0.1, "integer_clauses": 0.05}
 
 
-def _fuzz(kind, lowering, strategy):
+def _fuzz(kind, lowering, strategy, memory_limit=None):
     outcomes = Counter()
     examples = []
 
@@ -550,7 +550,7 @@ def _fuzz(kind, lowering, strategy):
     @given(data=st.data(), case=strategy)
     def check(data, case):
         layouts, alias, seed = data.draw(_extras(case))
-        outcomes.update(run_example(case, lowering, layouts, alias, seed))
+        outcomes.update(run_example(case, lowering, layouts, alias, seed, memory_limit))
         examples.append(case[0])
 
     check()
@@ -589,6 +589,13 @@ def test_integer_clause_chains(lowering):
     through the chain, e.g. logsumexp of int64 is float32, and later clauses reduce that float."""
     either = st.one_of(cases(True, [I64], SMALL, min_clauses=2), cases(True, [I64], min_clauses=2))
     _fuzz("integer_clauses", lowering, either.filter(lambda case: len(case[3]) >= 2))
+
+
+@pytest.mark.parametrize("lowering", [None, CHUNKED], ids=lowering_id)
+def test_gradients_under_a_small_memory_limit(lowering):
+    """Clause chains in float64 under a 256-byte memory limit: the last step of most runs in chunks,
+    as an autograd function whose backward runs over the same chunks; its gradients are torch's."""
+    _fuzz("small_limits", lowering, cases(True, [F64]), memory_limit=256)
 
 
 @st.composite

@@ -197,10 +197,11 @@ def price(job: Job, context: Context, budget: int) -> Chunking | None:
         width = int(max(1, min(TILE_WIDTH, budget // (step.dtype.itemsize * TEMPORARIES[job.clauses[0][0]]))))
     factor = max((TEMPORARIES[r] for r, _ in job.clauses), default=1.0)
     total = step.sizes[axis]
+    if options.grad and style != "row-tiles":  # row tiles are small enough already
+        factor += BACKWARD_TEMPORARIES
     if column is not None:
         per_row = width * step.dtype.itemsize * factor
     else:
-        factor += BACKWARD_TEMPORARIES if options.grad else 0.0
         per_row = max(full.memory / max(total, 1), step.dtype.itemsize) * factor
     rows = int(max(1, min(total, budget // per_row))) if total else 1
     if column is None and rows >= total:

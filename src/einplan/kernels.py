@@ -21,19 +21,21 @@ import keyword
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import jaxtyping
 import torch
 
-from . import ir, programs
 from . import plan as planner
-from .bind import Bound, bind
+from . import programs
+from .bind import bind
 from .errors import EinplanError, PatternError, ShapeError
 from .explain import describe
-from .resolve import Ell, Resolved, axes_of
+from .kernel_checks import check_kind, mismatch, structure_message
+from .resolve import Resolved
 from .signatures import annotate, argument_checker, jaxtyped, namespace, rejected_operand, rejection
-from .source import Entry, compile_source, module_text, render, sizes_text, steps_text
+from .source import Entry, compile_source, module_text, render, sizes_text
 from .tracing import traced_call
 
 DEFAULT_NAME = "einplan_kernel"
@@ -97,80 +99,13 @@ def dynamic_names(dynamic: str | Iterable[str], resolved: Resolved) -> tuple[str
 
 def size_free(plan: planner.Plan, dynamic: Sequence[str]) -> frozenset:
     """The dynamic axes that no constant of the plan's code was computed from (groups never are)."""
-    sized = ir.sized_axes(plan.statements)
+    sized = plan.sized_axes
     bound = plan.bound
     return frozenset(a for a in dynamic if a not in bound.groups and not sized.intersection(bound.ids_of(a)))
 
 
 def _structure(plan: planner.Plan) -> tuple:
     return plan.path, tuple(step.kind for step in plan.steps)
-
-
-# --- messages -------------------------------------------------------------------------------------
-
-
-def _where(resolved: Resolved, base: str, shapes) -> str:
-    for k, (items, shape) in enumerate(zip(resolved.inputs, shapes, strict=False)):
-        if any(a.base == base for a in axes_of(items)) or any(isinstance(i, Ell) and i.group == base for i in items):
-            return f"operand {k} '{resolved.pattern.inputs[k].text}' has shape {tuple(shape)}"
-    return f"shapes {[tuple(s) for s in shapes]}"
-
-
-def _size_change(planned: Bound, bound: Bound, dynamic: Sequence[str]):
-    """The first axis id outside the dynamic axes whose size differs: (id, base, old, new), or None."""
-    for axis_id in list(planned.sizes) + [i for i in bound.sizes if i not in planned.sizes]:
-        base = planned.bases[axis_id] if axis_id in planned.bases else bound.bases[axis_id]
-        old, new = planned.sizes.get(axis_id), bound.sizes.get(axis_id)
-        if base not in dynamic and not base.isdigit() and old != new:
-            return axis_id, base, old, new
-    return None
-
-
-def mismatch(name: str, planned: Bound, bound: Bound, dynamic: Sequence[str], shapes) -> str | None:
-    """Why a call bound as ``bound`` cannot run on a kernel planned as ``planned``, or None."""
-    change = _size_change(planned, bound, dynamic)
-    if change is None:
-        return None
-    axis_id, base, old, new = change
-    rule = f"only its dynamic axes ({', '.join(dynamic)}) may change size" if dynamic else "it has no dynamic axes"
-    where = _where(planned.resolved, base, shapes)
-    if old is None or new is None:
-        count = len(planned.groups.get(base, ()))
-        return f"{base!r} covers another number of dims here ({where}) than the {count} kernel {name!r} was planned for; {rule}"
-    label = f"dim {planned.groups[base].index(axis_id)} of {base!r}" if base in planned.groups else f"axis {base!r}"
-    return (
-        f"{label} is {new} in this call ({where}), but kernel {name!r} "
-        f"was planned for {base}={old}; {rule}. "
-        f"Make a kernel for these shapes, or pass dynamic=({base!r},)"
-    )
-
-
-def structure_message(name: str, dynamic: Sequence[str], old: planner.Plan, new: planner.Plan) -> str:
-    """Why a dynamic size is refused: the planner would choose other lowerings or another path."""
-
-    def at(bound: Bound) -> str:
-        named = [f"{a}={s}" for a, s in bound.named_sizes.items() if a in dynamic]
-        return ", ".join(named + [f"{g}={s}" for g, s in bound.group_sizes.items() if g in dynamic])
-
-    return (
-        f"kernel {name!r} was planned at {at(old.bound)} as: {steps_text(old)}, path {list(old.path)}; "
-        f"at {at(new.bound)} the planner would choose: {steps_text(new)}, path {list(new.path)}. "
-        f"A kernel runs one plan: make another kernel for these sizes, or force one with lowering=..."
-    )
-
-
-def check_kind(name: str, planned: Bound, dtype: torch.dtype, device: torch.device) -> None:
-    """A call's dtype and device type are those the kernel was planned for."""
-    if dtype != planned.dtype:
-        raise EinplanError(
-            f"kernel {name!r} was planned for {planned.dtype}, but the tensors are {dtype}; "
-            f"make a kernel for {dtype} (einplan.kernel(..., dtype={dtype}))"
-        )
-    if torch.device(device).type != planned.device.type:
-        raise EinplanError(
-            f"kernel {name!r} was planned for device {planned.device}, but the tensors are on {device}; "
-            f"make a kernel for that device (einplan.kernel(..., device={str(device)!r}))"
-        )
 
 
 # --- a kernel's programs --------------------------------------------------------------------------
@@ -248,13 +183,17 @@ class Kernel:
         self._table.add(self.shapes, self._planned, self.shapes)
         self._arg_check: Callable | None = None
         self._lock = threading.RLock()  # misses only: planning for new sizes
+        # a kernel planned for inference whose plan is chunked: calls that autograd records run a
+        # twin planned for training (made on the first such call), whose backward runs in chunks
+        self._grad_matters = first.grad_matters
+        self._twin: Kernel | None = None
 
     # -- copying and pickling ------------------------------------------------------------------
     # The lock and the compiled functions cannot be copied; the planned entry (plan and source)
     # can.  A copy compiles the planned source again (the same code, not planned again) and plans
     # its dynamic sizes afresh as calls need them.
 
-    _TRANSIENT = ("_lock", "_table", "_arg_check")
+    _TRANSIENT = ("_lock", "_table", "_arg_check", "_twin")
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
@@ -265,6 +204,7 @@ class Kernel:
         self._table.add(self.shapes, self._planned, self.shapes)
         self._arg_check = None
         self._lock = threading.RLock()
+        self._twin = None
 
     # -- what a user reads ----------------------------------------------------------------
 
@@ -308,7 +248,9 @@ class Kernel:
 
     def __call__(self, *tensors: torch.Tensor):
         if programs.is_compiling():
-            return traced_call(self, tensors)
+            return traced_call(self, tensors, self._grad_matters and programs.records(tensors))
+        if self._grad_matters and programs.records(tensors):
+            return self.training()(*tensors)
         try:
             run = self._table.calls.get(tuple(map(programs.metadata, tensors)))
         except AttributeError:  # not a tensor: _call_for says which
@@ -320,8 +262,30 @@ class Kernel:
         except jaxtyping.TypeCheckError as error:
             raise ShapeError(self._check_message(tensors, error)) from None
 
-    def traced_function(self, signature: tuple) -> Callable:
-        """The function for a call signature while torch.compile traces (no jaxtyping check)."""
+    def training(self) -> Kernel:
+        """This kernel planned for calls that autograd records (itself, if it was planned so)."""
+        if not self._grad_matters:
+            return self
+        with self._lock:
+            if self._twin is None:
+                self._twin = Kernel(
+                    self.pattern,
+                    self.shapes,
+                    self.dtype,
+                    self.device,
+                    dynamic=self.dynamic,
+                    check=self.check,
+                    name=self.name,
+                    options=replace(self._options, grad=True),
+                    sizes=self._keywords,
+                )
+            return self._twin
+
+    def traced_function(self, signature: tuple, grad: bool = False) -> Callable:
+        """The function for a call signature while torch.compile traces (no jaxtyping check);
+        ``grad``: autograd records the call."""
+        if grad:
+            return self.training().traced_function(signature)
         if len({(dtype, device) for _, dtype, device in signature}) > 1:
             kinds = ", ".join(f"operand {k} is {d} on {v}" for k, (_, d, v) in enumerate(signature))
             raise EinplanError(f"all operands must share one dtype and device: {kinds}")

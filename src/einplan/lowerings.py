@@ -282,6 +282,8 @@ def _unrolled_layout(step: Contraction, limit: int) -> _UnrolledLayout | None:
     terms = step.numel(summed)
     if not summed or terms == 0 or terms > limit or any(x not in step.a.axes or x not in step.b.axes for x in summed):
         return None
+    if step.free.intersection(summed):  # one term per index: a size read at run time (a chunk's) has no fixed count
+        return None
     big = [x for x in kept if step.sizes[x] >= VECTOR_MIN]
     laid: list = [None, None]
     if kept and step.sizes[kept[-1]] < VECTOR_MIN and big:

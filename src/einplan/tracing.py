@@ -82,8 +82,9 @@ def failing(error: Exception) -> Callable:
 class Traceable(Protocol):
     """What can be called under torch.compile besides ``bl``: a kernel, say."""
 
-    def traced_function(self, signature: tuple) -> Callable:
-        """The function for a call signature (plain-int shapes, dtypes, devices); EinplanError if none."""
+    def traced_function(self, signature: tuple, grad: bool = False) -> Callable:
+        """The function for a call signature (plain-int shapes, dtypes, devices; ``grad``: autograd
+        records the call); EinplanError if none."""
         ...
 
 
@@ -99,9 +100,9 @@ def _bl_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_l
 
 
 @constant_under_compile
-def _call_program(owner: Traceable, signature: tuple) -> str:
+def _call_program(owner: Traceable, signature: tuple, grad: bool) -> str:
     try:
-        function = owner.traced_function(signature)
+        function = owner.traced_function(signature, grad)
     except EinplanError as error:
         function = failing(error)
     return traced_name(function)
@@ -114,6 +115,6 @@ def traced_bl(pattern: str, tensors: tuple, lowering, memory_limit, sizes: dict)
     return getattr(_TRACED, name)(*tensors)
 
 
-def traced_call(owner: Traceable, tensors: tuple):
+def traced_call(owner: Traceable, tensors: tuple, grad: bool = False):
     """``owner(*tensors)`` while torch.compile traces: its function looked up at trace time, then run."""
-    return getattr(_TRACED, _call_program(owner, signature(tensors)))(*tensors)
+    return getattr(_TRACED, _call_program(owner, signature(tensors), grad))(*tensors)
