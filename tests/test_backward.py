@@ -267,3 +267,14 @@ def test_a_gradient_contraction_over_the_chunked_axis_is_not_unrolled():
     want = torch.amax(copies[0][:, None] * copies[1], 0)
     for g, w in zip(torch.autograd.grad(got.sum(), (a, b)), torch.autograd.grad(want.sum(), copies), strict=True):
         _assert_same(g, w, pattern)
+
+
+def test_only_the_gradients_autograd_needs_are_contracted():
+    a, b = _data([(300, 4), (700, 4)], "random", seed=9)
+    b = b.detach()  # a fixed bank of keys
+    pattern = "q d, k d -> q | logsumexp k"
+    assert "if ctx.needs_input_grad[1]:" in einplan.code(pattern, a, b, memory_limit=2**14)
+    (got,) = torch.autograd.grad(einplan.bl(pattern, a, b, memory_limit=2**14).sum(), a)
+    copy = a.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(torch.logsumexp(copy @ b.T, 1).sum(), copy)
+    _assert_same(got, want, "gradient of the queries")

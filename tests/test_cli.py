@@ -202,3 +202,14 @@ def test_compiled_flag_plans_for_torch_compile(capsys, shipped_cost_model):
     assert fused.strip() == einplan.explain("b i j, b j k -> b i k", (512, 3, 3), (512, 3, 3), compiled=True).strip()
     code, module, _ = run(capsys, "codegen", "b i j, b j k -> b i k", *shapes, "--compiled")
     assert code == 0 and "torch.matmul" not in module and ".sum(-1)" in module
+
+
+def test_grad_flag_plans_for_training(capsys):
+    shapes = ["-s", "3000x8", "-s", "3000x8"]
+    code, inference, _ = run(capsys, "explain", "q d, k d -> q | logsumexp k", *shapes)
+    assert code == 0 and "autograd.Function" not in inference and "backward:" not in inference
+    code, training, _ = run(capsys, "explain", "q d, k d -> q | logsumexp k", *shapes, "--grad")
+    assert code == 0 and "backward: over the same tiles" in training
+    assert training.strip() == einplan.explain("q d, k d -> q | logsumexp k", (3000, 8), (3000, 8), grad=True).strip()
+    code, module, _ = run(capsys, "codegen", "q d, k d -> q | max k", *shapes, "--grad")
+    assert code == 0 and "class einplan_kernel_chunks0(torch.autograd.Function):" in module

@@ -249,3 +249,17 @@ def test_compile_with_dynamic_int_size_and_memory_limit():
     with pytest.raises(EinplanError, match="memory_limit"):
         torch.compile(f, backend="aot_eager")(x, W, 2, True)
     dynamo.reset()
+
+
+def test_functions_kept_for_traced_code_are_bounded(monkeypatch):
+    """Each plan looked up under torch.compile keeps its function for the traced code; only the
+    most recent MAX_TRACED stay (the plan cache is bounded too), each still reachable by its name."""
+    from einplan import tracing
+
+    monkeypatch.setattr(tracing, "MAX_TRACED", 8)
+    functions = [eval(f"lambda *x: {k}") for k in range(20)]  # noqa: S307 - distinct stand-in functions
+    names = [tracing.traced_name(f) for f in functions]
+    assert len(tracing._TRACED_NAMES) == 8
+    assert all(getattr(tracing._TRACED, n)() == k for k, n in list(enumerate(names))[-8:])
+    assert not hasattr(tracing._TRACED, names[0])
+    assert tracing.traced_name(functions[-1]) == names[-1]  # a kept function keeps its name

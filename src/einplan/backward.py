@@ -126,8 +126,9 @@ class _Backward:
         a, b, result, share, grad_a, grad_b = parts
         clauses = _clauses_of(self.chunking, self.job)
         statements, weights = self._weights(loops, a, b, result, share, clauses)
-        statements += self._contract_into(loops, grad_a, weights, b)
-        statements += self._contract_into(loops, grad_b, weights, a)
+        for k, (grad, other) in enumerate(((grad_a, b), (grad_b, a))):
+            needed = ir.Index(ir.Attr(ir.Var("ctx"), "needs_input_grad"), (k,))
+            statements.append(ir.If(needed, tuple(self._contract_into(loops, grad, weights, other))))
         return statements
 
     def _weights(self, loops: Loops, a: Value, b: Value, result: Value, share: Value, clauses) -> tuple[list, Value]:

@@ -264,6 +264,7 @@ def cmd_explain(args) -> int:
         lowering=args.lowering,
         memory_limit=parse_memory(args.memory_limit),
         compiled=args.compiled,
+        grad=args.grad,
         **sizes,
     )
     print(describe(plan))
@@ -314,6 +315,7 @@ def cmd_codegen(args) -> int:
                 lowering=args.lowering,
                 memory_limit=memory_limit,
                 compiled=args.compiled,
+                grad=args.grad,
                 **sizes,
             )
         )

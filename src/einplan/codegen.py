@@ -114,6 +114,9 @@ def statements(stmts, indent: str = "    ") -> list[str]:
             head = f"{indent}for {stmt.var} in range({int(stmt.start)}, {stop}, {step}):"
             lines.append(f"{head}  # {stmt.comment}" if stmt.comment else head)
             lines.extend(statements(stmt.body, indent + "    "))
+        elif isinstance(stmt, ir.If):
+            lines.append(f"{indent}if {expr(stmt.condition)}:")
+            lines.extend(statements(stmt.body, indent + "    "))
         elif isinstance(stmt, ir.Delete):
             lines.append(f"{indent}del {', '.join(_target(n) for n in stmt.names)}")
         elif isinstance(stmt, ir.Save):

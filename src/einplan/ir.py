@@ -74,7 +74,7 @@ METHODS = frozenset(
         "unflatten",
     }
 )
-ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad"})
+ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad", "needs_input_grad"})
 OPERATORS = frozenset({"*", "+", "-", "@", "/", "//", "%", ">", "<", ">=", "!=", "==", "&", "|"})
 
 
@@ -240,6 +240,14 @@ class Loop:
 
 
 @dataclass(frozen=True)
+class If:
+    """``if condition: body`` (an autograd function's backward skips a gradient nobody needs)."""
+
+    condition: Expr
+    body: tuple
+
+
+@dataclass(frozen=True)
 class Delete:
     """``del a, b``: drop generated names, so a chunk's temporary is freed before the next is made."""
 
@@ -269,7 +277,7 @@ class Saved:
     names: tuple
 
 
-Stmt = Assign | Do | Loop | Delete | Return | Save | Saved
+Stmt = Assign | Do | Loop | If | Delete | Return | Save | Saved
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ changes.  The look-up returns a *name* under which the function is kept
 
 from __future__ import annotations
 
+import itertools
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -40,15 +42,25 @@ class _Traced:
 
 
 _TRACED = _Traced()
-_TRACED_NAMES: dict[Callable, str] = {}
+_TRACED_NAMES: OrderedDict[Callable, str] = OrderedDict()  # least recently looked up first
+_COUNT = itertools.count()
+MAX_TRACED = 4096  # functions kept for traced code; the least recently looked up go first
 
 
 def traced_name(function: Callable) -> str:
-    """The name under which ``function`` is kept for traced code (one per function)."""
+    """The name under which ``function`` is kept for traced code (one per function).
+
+    At most MAX_TRACED are kept, as the plan cache keeps at most its size of programs: a graph
+    compiled around a function that was dropped fails its guard on the name and is traced again."""
     name = _TRACED_NAMES.get(function)
-    if name is None:
-        name = _TRACED_NAMES[function] = f"program{len(_TRACED_NAMES)}"
-        setattr(_TRACED, name, function)
+    if name is not None:
+        _TRACED_NAMES.move_to_end(function)
+        return name
+    name = _TRACED_NAMES[function] = f"program{next(_COUNT)}"
+    setattr(_TRACED, name, function)
+    while len(_TRACED_NAMES) > MAX_TRACED:
+        _, dropped = _TRACED_NAMES.popitem(last=False)
+        delattr(_TRACED, dropped)
     return name
 
 
