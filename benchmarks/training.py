@@ -6,8 +6,8 @@ the backward of ``reduction.sum()`` from float32 leaves and returns both
 gradients (checked against the materialized torch recipe's).  Peers: the
 materialized recipe, torch.einsum / opt_einsum / einops / einx followed by
 the torch reduction, and pykeops (``LazyTensor`` reductions, whose CPU kernels
-it compiles with the machine's C++ compiler; one timed call, the first after
-compiling, since one takes minutes at the full sizes; KeOps has no autodiff
+it compiles with the machine's C++ compiler, here on a warm-up call at small
+sizes; one timed call, since one takes minutes at the full sizes; KeOps has no autodiff
 through its max reduction, so W8's KeOps row is its argmax, then the winning
 inner products in torch).  Peak extra memory of
 the forward plus backward, beyond the inputs and their gradients, is measured
@@ -140,7 +140,8 @@ def _workload(cfg: Config, workload: str, reducer: str, seed: int) -> Bench:
     }
     warmup = f"einplan.bl({pattern!r}, Q[:600], K[:600]).sum().backward()\nQ.grad = K.grad = None"
     after = _memory(case, cfg, setup, calls, warmup, gradients=2 * Q_ * D * 4)
-    return Bench(case, RECIPE[reducer], _targets(case, reducer), slow=not cfg.quick, after=after)
+    prepare = (lambda: _keops(reducer, Q[:200], K[:200]).sum().backward()) if LazyTensor is not None else None
+    return Bench(case, RECIPE[reducer], _targets(case, reducer), slow=not cfg.quick, prepare=prepare, after=after)
 
 
 def w7(cfg: Config):
