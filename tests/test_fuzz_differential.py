@@ -27,7 +27,7 @@ Dtypes: every example runs in float64, and most also in float32, int64 or
 complex128, with only the clauses torch supports in that dtype (no mean on
 int64; no max/min/argmax/argmin on complex).
 
-CI runs the example counts in EXAMPLES (2550 in all), derandomized, and
+CI runs the example counts in EXAMPLES (2910 in all), derandomized, and
 reports the first failing example of each test as generated (unshrunk).  A
 longer, randomized run with 20x the examples that shrinks failures:
 
@@ -83,8 +83,17 @@ PROFILE = settings.get_profile("long" if LONG else "einplan-fuzz-ci")
 # once per entry of ALL_LOWERINGS (the default plan and the 4 lowerings):
 #   sum-products 5 x 150 + clauses 5 x 150 + small patterns 5 x 150 + int64 clause chains
 #   5 x 30 + size-0 extremes 5 x 30 = 2550 examples, each run in float64 and, for most,
-#   in a second dtype.
-EXAMPLES = {"sum_products": 150, "clauses": 150, "small": 150, "integer_clauses": 30, "empty_extremes": 30, "small_limits": 120}
+#   in a second dtype; under a 256-byte memory limit, float64 with gradients: clause chains
+#   2 x 120 (default plan, chunked forced) + sum-products 120 = 360 more.
+EXAMPLES = {
+    "sum_products": 150,
+    "clauses": 150,
+    "small": 150,
+    "integer_clauses": 30,
+    "empty_extremes": 30,
+    "small_limits": 120,
+    "small_limit_products": 120,
+}
 
 
 def _settings(kind: str) -> settings:
@@ -596,6 +605,12 @@ def test_gradients_under_a_small_memory_limit(lowering):
     """Clause chains in float64 under a 256-byte memory limit: the last step of most runs in chunks,
     as an autograd function whose backward runs over the same chunks; its gradients are torch's."""
     _fuzz("small_limits", lowering, cases(True, [F64]), memory_limit=256)
+
+
+def test_sum_products_under_a_small_memory_limit():
+    """Sum-products of up to six operands under a 256-byte limit: a step before the last that would
+    exceed it runs the rest of the path in chunks of one axis; results and gradients are torch's."""
+    _fuzz("small_limit_products", None, cases(False, [F64]), memory_limit=256)
 
 
 @st.composite

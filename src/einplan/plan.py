@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import opt_einsum
 
-from . import backward, chunks, ir, screen
+from . import backward, chunks, ir, screen, tails
 from . import chunking as cutting
 from .bind import Bound
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
@@ -292,12 +292,27 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) ->
     return Step(CHUNKED, text, tuple(statements), price, candidates, functions, after), results
 
 
+def _tail(planning: _Planning, values: tuple, path, candidates) -> tuple[Step, list[Value]] | None:
+    """The rest of the path in chunks of one axis, when a step before the last would exceed the
+    limit (see :mod:`einplan.tails`): (step, result values), or None when cutting cannot help."""
+    bound = planning.bound
+    tail = tails.Tail(values, tuple(path), planning.keep, dict(bound.sizes), planning.rank, bound.dtype)
+    done = tails.plan(tail, planning.context, planning.limit)
+    if done is None:
+        return None
+    statements, result, estimate, how = done
+    description = f"{', '.join(' '.join(v.axes) for v in values)} -> {' '.join(result.axes)} {how}, the rest of the path"
+    chunked = Candidate(CHUNKED, estimate, planning.context.model.seconds(estimate))
+    return Step(CHUNKED, description, tuple(statements), estimate, candidates + (chunked,)), [result]
+
+
 def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step], list[Value], bool]:
     """Contract along the path; returns (steps, the values left, whether the clauses are done)."""
     context, bound = planning.context, planning.bound
     options = context.options
     steps: list[Step] = []
     for number, pair in enumerate(path):
+        before = tuple(values)
         taken = [values[k] for k in pair]
         for k in sorted(pair, reverse=True):
             values.pop(k)
@@ -314,6 +329,11 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
             if done is not None:
                 steps.append(done[0])
                 return steps, done[1], True
+        if number < len(path) - 1 and estimate.memory > planning.limit and not planning.clauses:
+            tail = _tail(planning, before, path[number:], candidates)
+            if tail is not None:
+                steps.append(tail[0])
+                return steps, tail[1], False
         lowered = REGISTRY[winner].emit(step, context)
         description = step.describe(lowered.axes)
         var, statements = assign_result(lowered, f"{winner}: {description}", context.names)
