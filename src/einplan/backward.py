@@ -185,11 +185,12 @@ def backward_text(chunking: Chunking, job: Job) -> str:
     recompute = any(reducer in NEEDS_PRODUCT for reducer, _ in clauses)
     piece = "tile" if chunking.column is not None else "chunk"
     temporaries = max((TEMPORARIES[r] for r, _ in job.clauses), default=1.0)
+    itemsize = chunking.step.dtype.itemsize
     product: float
     if chunking.column is not None:
-        product = chunking.rows * chunking.width * chunking.step.dtype.itemsize
-    else:  # chunks of rows were priced with the backward's temporaries
-        product = chunking.rows * chunking.per_row / (temporaries + BACKWARD_TEMPORARIES)
+        product = chunking.rows * chunking.width * itemsize
+    else:
+        product = chunking.rows * max(chunking.full.memory / max(chunking.total, 1), itemsize)
     peak = product * (1 + temporaries + BACKWARD_TEMPORARIES)
     again = f"each {piece}'s product recomputed, " if recompute else ""
     return (

@@ -165,7 +165,8 @@ def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, b
     if not name.isidentifier():
         raise ValueError(f"not a function name: {name!r}")
     classes = "".join(autograd_class(f) + "\n\n" for f in qualified(tuple(functions), name))
-    body = qualified(tuple(body), name)
+    if functions:  # only a body that applies autograd functions names them
+        body = qualified(tuple(body), name)
     lines = [f"def {name}("]
     lines += [f"    {p}: {a}," for p, a in params]
     lines.append(f") -> {returns}:")

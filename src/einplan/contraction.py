@@ -140,6 +140,15 @@ def assign_result(lowered: Lowered, comment: str, names: Names, prefix: str = "t
     return var, (*lowered.setup, ir.Assign(var, lowered.expr, comment))
 
 
+def take_pair(values: list[Value], pair, keep: frozenset) -> tuple[list[Value], frozenset]:
+    """One step of a contraction path: pop ``pair`` from ``values``; returns the values taken and
+    the axes the step must keep (``keep`` and every axis a value left still has)."""
+    taken = [values[k] for k in pair]
+    for k in sorted(pair, reverse=True):
+        values.pop(k)
+    return taken, keep.union(*(set(v.axes) for v in values))
+
+
 def _probe(op: str, dtype: torch.dtype) -> None:
     """Run the torch ops that ``op`` (a clause, ``matmul``, ``sum``) emits, on a tiny CPU tensor."""
     t = torch.zeros((2, 2), dtype=dtype)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import ir
-from .contraction import Candidate, Context, Contraction, Lowered, Value, numel, sum_over, torch_lacks
+from .contraction import Candidate, Context, Contraction, Lowered, Value, assign_result, numel, sum_over, torch_lacks
 from .cost import DeviceModel, Estimate
 from .errors import UnsupportedError
 
@@ -417,6 +417,15 @@ class Unrolled(Lowering):
 
 REGISTRY: dict[str, Lowering] = {lowering.name: lowering for lowering in (MatmulBroadcast(), ElementwiseSum(), Unrolled())}
 CONTRACTIONS = tuple(REGISTRY)
+
+
+def emit_value(winner: str, step: Contraction, context: Context, suffix: str = "") -> tuple[tuple, Value, str]:
+    """The winner's code for ``step`` assigned to a fresh name: (statements, the result's value,
+    the step in pattern form).  A matmul's result is the plan's own, for the next step to overwrite."""
+    lowered = REGISTRY[winner].emit(step, context)
+    description = step.describe(lowered.axes)
+    var, statements = assign_result(lowered, f"{winner}: {description}{suffix}", context.names)
+    return statements, Value(var, lowered.axes, owned=winner == MATMUL), description
 
 
 def choose(step: Contraction, context: Context) -> tuple[str, Estimate, tuple[Candidate, ...]]:

@@ -19,10 +19,10 @@ from . import chunking as cutting
 from .bind import Bound
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
 from .clauses import apply_clauses, check_supported, clause_dtype
-from .contraction import Candidate, Context, Contraction, Names, Options, Value, assign_result, numel, sum_over
+from .contraction import Candidate, Context, Contraction, Names, Options, Value, numel, sum_over, take_pair
 from .cost import DeviceModel, Estimate, load_model
 from .errors import EinplanError
-from .lowerings import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose
+from .lowerings import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose, emit_value
 
 __all__ = [
     "CHUNKED",
@@ -265,18 +265,13 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) ->
     price = chunking.estimate(clauses)
     in_chunks = context.options.grad and backward.differentiable(chunking, job)  # its backward too
     screened = screen.price(chunking, job, context) if chunking.mode == "reduce" and not in_chunks else None
-    screen_price = screened.estimate(context) if screened is not None else None
+    screen_price = screened.estimate(context) if screened is not None else Estimate()
     functions: tuple = ()
     remaining: tuple = ()
     if in_chunks:
         statements, results, remaining, function = backward.emit(chunking, job, context)
         how, functions = chunking.describe(), (function,)
-    elif (
-        screened is not None
-        and screen_price is not None
-        and screened.memory() <= planning.limit
-        and model.seconds(screen_price) < model.seconds(price)
-    ):
+    elif screened is not None and screened.memory() <= planning.limit and model.seconds(screen_price) < model.seconds(price):
         statements, results = screen.emit(screened, job, context)
         how, price = screened.describe(), screen_price
     else:
@@ -313,13 +308,10 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
     steps: list[Step] = []
     for number, pair in enumerate(path):
         before = tuple(values)
-        taken = [values[k] for k in pair]
-        for k in sorted(pair, reverse=True):
-            values.pop(k)
+        taken, needed = take_pair(values, pair, planning.keep)
         if len(taken) == 1:  # opt_einsum may ask for a lone operand's sum
             values.append(taken[0])
             continue
-        needed = planning.keep.union(*(set(v.axes) for v in values))
         step = Contraction(taken[0], taken[1], needed, bound.sizes, planning.rank, bound.dtype)
         winner, estimate, candidates = choose(step, context)
         budget = min(planning.limit, CHUNK_BYTES)
@@ -334,11 +326,9 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
             if tail is not None:
                 steps.append(tail[0])
                 return steps, tail[1], False
-        lowered = REGISTRY[winner].emit(step, context)
-        description = step.describe(lowered.axes)
-        var, statements = assign_result(lowered, f"{winner}: {description}", context.names)
+        statements, value, description = emit_value(winner, step, context)
         steps.append(Step(winner, description, statements, estimate, candidates))
-        values.append(Value(var, lowered.axes, owned=winner == MATMUL))
+        values.append(value)
     return steps, values, False
 
 

@@ -54,9 +54,10 @@ def bl(pattern: str, *tensors: torch.Tensor, lowering: str | None = None, memory
     if memory_limit is not None and type(memory_limit) is not int:
         check_memory_limit(memory_limit)
     try:
-        program = programs.lookup(pattern, tuple(map(metadata, tensors)), key, lowering, memory_limit)
+        signature = tuple(map(metadata, tensors))
+        program = programs.lookup(pattern, signature, key, lowering, memory_limit)
         if program.grad_matters and is_grad_enabled() and True in map(requires_grad, tensors):  # its backward in chunks too
-            program = programs.lookup(pattern, tuple(map(metadata, tensors)), key, lowering, memory_limit, False, True)
+            program = programs.lookup(pattern, signature, key, lowering, memory_limit, False, True)
     except AttributeError:
         check_tensors(tensors)
         raise

@@ -21,9 +21,9 @@ from . import ir
 from .chunking import CHUNK_BYTES, human_bytes
 from .chunks import rows_of
 from .clauses import new_tensor, sized
-from .contraction import Context, Contraction, Value, assign_result
+from .contraction import Context, Contraction, Value, take_pair
 from .cost import Estimate
-from .lowerings import MATMUL, REGISTRY, choose
+from .lowerings import REGISTRY, choose, emit_value
 
 
 @dataclass(frozen=True)
@@ -45,24 +45,19 @@ def _steps(tail: Tail, sizes, context: Context, free=frozenset(), emit: bool = F
     statements: list = []
     results: list[tuple[tuple[str, ...], int]] = []
     for pair in tail.path:
-        taken = [values[k] for k in pair]
-        for k in sorted(pair, reverse=True):
-            values.pop(k)
+        taken, needed = take_pair(values, pair, tail.keep)
         if len(taken) == 1:
             values.append(taken[0])
             continue
-        needed = tail.keep.union(*(set(v.axes) for v in values))
         step = Contraction(taken[0], taken[1], needed, sizes, tail.rank, tail.dtype, free)
         winner, estimate, _ = choose(step, context)
         estimates.append(estimate)
         axes = REGISTRY[winner].result_axes(step)
         results.append((axes, math.prod(sizes[x] for x in axes) * tail.dtype.itemsize))
         if emit:
-            lowered = REGISTRY[winner].emit(step, context)
-            var, more = assign_result(lowered, f"{winner}: {step.describe(lowered.axes)} for this chunk", context.names)
+            more, value, _ = emit_value(winner, step, context, " for this chunk")
             statements += more
-            axes = lowered.axes
-            values.append(Value(var, axes, owned=winner == MATMUL))
+            values.append(value)
         else:
             values.append(Value(f"v{len(results)}", axes))
     (final,) = values
