@@ -121,12 +121,25 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _device(name: str) -> torch.device:
+    """The device to plan for.  Planning reads shapes and the device's constants only, so a CUDA
+    device (``cuda``, ``cuda:1``) needs no GPU here; see :func:`_running_device` for commands that run."""
     try:
-        device = torch.device(name)
+        return torch.device(name)
     except RuntimeError as error:
         raise UsageError(f"bad device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r}: CUDA is not available on this machine")
+
+
+def _running_device(name: str, work: str) -> torch.device:
+    """The device a command runs kernels on (``work``: what it does there); it must exist here."""
+    device = _device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"this machine has no CUDA device, and {work} on {name!r} needs one; explain and codegen plan for it without one"
+            )
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; {work} needs {name!r}")
     return device
 
 
@@ -334,7 +347,7 @@ def cmd_codegen(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    dtype, device = _dtype(args.dtype), _device(args.device)
+    dtype, device = _dtype(args.dtype), _running_device(args.device, "timing kernels")
     if device.type == "meta":
         raise UsageError("bench runs the code, and the meta device holds no data: plan for meta with explain or codegen")
     memory_limit = parse_memory(args.memory_limit)
@@ -408,7 +421,7 @@ def cmd_tune(args) -> int:
     parameters = inspect.signature(tune).parameters
     kwargs: dict[str, Any] = {}
     if "device" in parameters:
-        kwargs["device"] = str(_device(args.device))
+        kwargs["device"] = str(_running_device(args.device, "measuring its constants"))
     if args.quick and "quick" in parameters:
         kwargs["quick"] = True
     print(f"einplan tune: measuring the cost model's constants on {args.device} ...", flush=True)
