@@ -432,6 +432,8 @@ def cmd_tune(args) -> int:
             print(f"  {field:<18} {value:.4g}" if isinstance(value, float) else f"  {field:<18} {value}")
     elif model is not None:
         print(model)
-    if path is not None:
+    if path is not None and getattr(model, "kind", None) == "cuda":
+        print(f"stored in {path}; later CUDA plans use these constants (on a machine with this GPU, by its name)")
+    elif path is not None:
         print(f"stored in {path}; later runs plan with these constants")
     return 0

@@ -1,9 +1,10 @@
 """The cost model: seconds for one step, from FLOPs, bytes moved, torch ops, device constants.
 
 Each lowering describes a step as an :class:`Estimate` (work and traffic); a
-:class:`DeviceModel` turns that into seconds.  Defaults ship for CPU and CUDA;
-``einplan tune`` measures the CPU's constants and stores them in a user cache
-file that later runs read (see :func:`load_model`).
+:class:`DeviceModel` turns that into seconds.  Defaults ship for CPU and CUDA, so
+CUDA plans need no GPU; ``einplan tune`` measures a CPU's or a GPU's constants and
+stores them in a user cache file that later runs read (see :func:`load_model`), a
+GPU's under its name too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +41,8 @@ class DeviceModel:
     # FLOP/s of a bfloat16 matmul (float32 accumulation), which screens max/min/argmax/argmin of a
     # large product; 0 where it is not fast (see reductions.SCREEN_MIN_SPEEDUP)
     screen_rate: float = 0.0
+    # where the constants come from, for explain: not a constant, and not compared
+    origin: str = field(default="shipped constants", compare=False)
 
     def breakdown(self, estimate: Estimate) -> dict[str, float]:
         """Seconds per cost term: what a step's estimate is made of."""
@@ -138,6 +141,9 @@ CUDA = DeviceModel(
 )
 
 DEFAULTS = {"cpu": CPU, "cuda": CUDA}
+CONSTANTS = tuple(f.name for f in fields(DeviceModel) if f.name not in ("kind", "origin"))
+# constants a model may hold as 0: no bfloat16 screen, no small-matrix loop kernel (a GPU's)
+MAY_BE_ZERO = ("screen_rate", "loop_limit", "loop_matrix", "loop_fma", "loop_output")
 
 
 def cache_file() -> Path:
@@ -148,37 +154,87 @@ def cache_file() -> Path:
     return Path(root) / "device_models.json"
 
 
+def gpu_name(device: torch.device | str) -> str | None:
+    """The name of the CUDA device ``device`` is, or None where this machine has no such device
+    (a CUDA plan made anywhere)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return torch.cuda.get_device_name(index) if index < torch.cuda.device_count() else None
+
+
+def _entry_key(kind: str, name: str | None) -> str:
+    """The cache file's key for a device: its kind, and for a GPU measured here ``cuda/<name>``."""
+    return f"{kind}/{name}" if name else kind
+
+
 _loaded: dict[str, DeviceModel] = {}
 
 
+def _stored_constants(entry) -> dict[str, float] | None:
+    """An entry's constants if every one is a finite positive number (or zero, where zero means
+    "none", see ``MAY_BE_ZERO``), else None."""
+    if not isinstance(entry, dict):
+        return None
+    found = {k: float(v) for k, v in entry.items() if k in CONSTANTS}
+    fine = all(math.isfinite(v) and (v > 0 or (k in MAY_BE_ZERO and v == 0)) for k, v in found.items())
+    return found if found and fine else None
+
+
+def _tuned_entry(stored: dict, kind: str, name: str | None):
+    """The stored entry for this device: a GPU's own by its name; without the GPU here, the CUDA
+    constants tuned last (on whatever GPU measured them); a CPU's by its kind."""
+    entry = stored.get(_entry_key(kind, name))
+    if entry is None and name is not None:
+        generic = stored.get(kind)  # the CUDA constants tuned last (or unnamed): used unless another GPU's
+        if isinstance(generic, dict) and generic.get("device_name") in (None, name):
+            entry = generic
+    return entry
+
+
 def load_model(device: torch.device | str) -> DeviceModel:
-    """The model for ``device``'s kind: tuned constants if stored, else the defaults."""
+    """The model for ``device``'s kind: tuned constants if stored, else the shipped ones.  Its
+    ``origin`` says which."""
     kind = torch.device(device).type
-    if kind in _loaded:
-        return _loaded[kind]
+    name = gpu_name(device) if kind == "cuda" else None
+    key = _entry_key(kind, name)
+    if key in _loaded:
+        return _loaded[key]
     model = DEFAULTS.get(kind, CPU if kind != "cuda" else CUDA)
+    path = cache_file()
     try:
-        stored = json.loads(cache_file().read_text()).get(kind)
-        if stored:
-            fields: dict[str, float] = {k: float(v) for k, v in stored.items() if k in DeviceModel.__dataclass_fields__ and k != "kind"}
-            if all(math.isfinite(v) and (v > 0 or (k == "screen_rate" and v == 0)) for k, v in fields.items()):
-                model = replace(model, **fields)  # type: ignore[arg-type]
+        entry = _tuned_entry(json.loads(path.read_text()), kind, name)
+        constants = _stored_constants(entry)
+        if constants:
+            measured = entry.get("device_name")
+            on = f" on {measured}" if isinstance(measured, str) and measured else ""
+            model = replace(model, **constants, origin=f"constants tuned{on}, from {path}")  # type: ignore[arg-type]
     except (OSError, ValueError, TypeError, AttributeError):
         pass
-    _loaded[kind] = model
+    _loaded[key] = model
     return model
 
 
-def save_model(model: DeviceModel) -> Path:
+def save_model(model: DeviceModel, device_name: str | None = None) -> Path:
+    """Store ``model``'s constants under its kind (what later plans for that kind read), and a
+    GPU's also under ``cuda/<device_name>`` (what plans for that GPU read on a machine with it)."""
     path = cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         stored = {}
-    stored[model.kind] = {k: v for k, v in asdict(model).items() if k != "kind"}
+    if not isinstance(stored, dict):
+        stored = {}
+    entry: dict = {k: getattr(model, k) for k in CONSTANTS}
+    if device_name:
+        entry["device_name"] = device_name
+        stored[_entry_key(model.kind, device_name)] = entry
+    stored[model.kind] = entry
     path.write_text(json.dumps(stored, indent=2, sort_keys=True))
-    _loaded.pop(model.kind, None)
+    for key in [k for k in _loaded if k == model.kind or k.startswith(model.kind + "/")]:
+        del _loaded[key]
     return path
 
 
@@ -199,9 +255,9 @@ def _median_seconds(fn, repeat: int = 15) -> float:
     return times[len(times) // 2]
 
 
-def _timer(kind: str, quick: bool):
-    """``timed(fn, repeat)``: the median seconds of one call, synchronised on a GPU."""
-    sync = torch.cuda.synchronize if kind == "cuda" else (lambda: None)
+def _timer(device: str, quick: bool):
+    """``timed(fn, repeat)``: the median seconds of one call, synchronised on a GPU (that one)."""
+    sync = (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else (lambda: None)
 
     def timed(fn, repeat=15):
         def run():
@@ -280,8 +336,10 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
         raise EinplanError(f"einplan tune measures a cpu or cuda device, not {kind!r} (its kernels do no timed work)")
     if kind == "cuda" and not torch.cuda.is_available():
         raise EinplanError("einplan tune --device cuda needs a CUDA device, and this machine has none")
+    if kind == "cuda" and gpu_name(device) is None:
+        raise EinplanError(f"cannot measure {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     base = DEFAULTS[kind]
-    timed = _timer(kind, quick)
+    timed = _timer(device, quick)
     opts: dict = {"device": device, "dtype": torch.float32}
     one = torch.ones(1, **opts)
     op_overhead = timed(lambda: one * one, 200)
@@ -296,6 +354,9 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
 
 
 def tune(device: str = "cpu", quick: bool = False) -> tuple[DeviceModel, Path]:
-    """Measure the constants for ``device`` and store them for later runs."""
+    """Measure the constants for ``device`` and store them for later runs (a GPU's under its name too)."""
     model = measure(device, quick)
-    return model, save_model(model)
+    name = gpu_name(device)
+    path = save_model(model, name)
+    on = f" on {name}" if name else ""
+    return replace(model, origin=f"constants tuned{on}, from {path}"), path

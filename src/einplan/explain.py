@@ -22,7 +22,7 @@ def _head(plan: planner.Plan) -> list[str]:
         f"pattern:  {resolved.pattern.text}",
         f"primed:   {resolved.primed}",
         "sizes:    " + (", ".join(f"{a}={s}" for a, s in bound.sizes.items()) or "(none)"),
-        f"dtype:    {bound.dtype}, device: {bound.device} (cost model: {plan.model.kind}"
+        f"dtype:    {bound.dtype}, device: {bound.device} (cost model: {plan.model.kind}, {plan.model.origin}"
         + (", code traced by torch.compile)" if plan.options.compiled else ")"),
         f"path:     {list(plan.path) if plan.path else '(no contraction)'}",
     ]
