@@ -14,6 +14,16 @@
 
 from __future__ import annotations
 
+import os
+
+# Without a CUDA device, Triton kernels (the fused lowering) run on CPU tensors in Triton's
+# interpreter; it must be on before triton is first imported.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 import re
 import string
 from collections import Counter

@@ -57,7 +57,7 @@ from conftest import (
     operand_shapes,
     random_tensors,
 )
-from einplan import CHUNKED, ELEMENTWISE, MATMUL, UNROLLED
+from einplan import CHUNKED, ELEMENTWISE, FUSED, MATMUL, UNROLLED
 
 # --- profiles ----------------------------------------------------------------------------------
 
@@ -547,7 +547,7 @@ def _extras(draw, case):
 # raising einplan.UnsupportedError when forced).  The unrolled lowering writes out contractions
 # over a few static terms only, so it declines outer products and large steps: clauses keep
 # their axes in the sum-product, so most steps of clause patterns are outer products.
-HEALTHY_SHARE = {None: 1.0, MATMUL: 0.9, ELEMENTWISE: 0.9, CHUNKED: 0.9}
+HEALTHY_SHARE = {None: 1.0, MATMUL: 0.9, ELEMENTWISE: 0.9, CHUNKED: 0.9, FUSED: 0.9}
 UNROLLED_SHARE = {"sum_products": 0.15, "small": 0.25, "clauses": 0.1, "integer_clauses": 0.05}
 
 

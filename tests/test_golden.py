@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import einplan
 
@@ -24,6 +25,12 @@ CASES = {
     "composite_split": ("b (h d), h d e -> b h e", [(5, 12), (3, 4, 7)], {"lowering": "matmul-broadcast"}),
     "batched_trace": ("b n n -> b", [(7, 3, 3)], {}),
     "named_ellipsis": ("*batch n, n m -> *batch m", [(2, 3, 4), (4, 5)], {"lowering": "matmul-broadcast"}),
+    "fused_max_cuda": ("m d, n d -> | max m n", [(20000, 128), (20000, 128)], {"device": "cuda", "lowering": "fused"}),
+    "fused_attention_logsumexp_cuda": (
+        "b h q d, b h k d -> b h q | logsumexp k",
+        [(4, 8, 2048, 64), (4, 8, 2048, 64)],
+        {"device": "cuda", "dtype": torch.bfloat16, "lowering": "fused"},
+    ),
 }
 
 

@@ -14,7 +14,7 @@ checks), ``plan`` (path, lowering per step, ``cost`` model), ``codegen`` and
 from .errors import EinplanError, PatternError, PatternSyntaxError, ShapeError, UnsupportedError
 from .explain import explain  # noqa: E402  (binds the function over the module of that name)
 from .kernels import Kernel, kernel
-from .plan import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, UNROLLED
+from .plan import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, UNROLLED
 from .runtime import bl, cache_info, clear_cache, code
 from .version import __version__
 
@@ -31,6 +31,7 @@ __all__ = [
     "PatternSyntaxError",
     "ShapeError",
     "UnsupportedError",
+    "FUSED",
     "LOWERINGS",
     "MATMUL",
     "ELEMENTWISE",

@@ -48,14 +48,21 @@ def _clauses_of(chunking: Chunking, job: Job) -> tuple:
     return tuple(job.clauses[:1])
 
 
-def emit(chunking: Chunking, job: Job, context: Context) -> tuple[list, list[Value], tuple, ir.Function]:
+def emit(chunking: Chunking, job: Job, context: Context, fused_forward=None) -> tuple[list, list[Value], tuple, ir.Function]:
     """The step as an autograd function: (the statement applying it, its result, the clauses left
-    for ordinary autograd after it, the function)."""
+    for ordinary autograd after it, the function).  ``fused_forward(clauses, counting)``, when
+    given, writes the forward instead of the chunk loops (a fused kernel and the clauses after it):
+    (statements, results)."""
     names = context.names
     name = names.fresh("chunks")
     a, b = chunking.step.a, chunking.step.b
     counting = chunking.style in ("row-tiles", "running") and job.clauses[0][0] in ("max", "min")
-    forward, results, remaining = chunks.emit_loops(Loops(chunking, job, context, flagged=False, counting=counting))
+    if fused_forward is None:
+        forward, results, remaining = chunks.emit_loops(Loops(chunking, job, context, flagged=False, counting=counting))
+    else:
+        inside = _clauses_of(chunking, job)
+        forward, results = fused_forward(inside, counting)
+        remaining = tuple(job.clauses[len(inside) :])
     inputs = (a.var, b.var) + ((DEVICE_OF,) if DEVICE_OF not in (a.var, b.var) else ())
     result = results[0]
     saved = (a.var, b.var, *(r.var for r in results))
@@ -63,7 +70,8 @@ def emit(chunking: Chunking, job: Job, context: Context) -> tuple[list, list[Val
     grad = names.fresh("grad")
     backward = _Backward(chunking, job, context, grad, results).statements(saved, len(inputs))
     clauses = "".join(f" | {reducer} {' '.join(ids)}" for reducer, ids in _clauses_of(chunking, job))
-    doc = f"{chunking.step.describe()}{clauses} {chunking.describe()}: forward and backward over the same chunks"
+    how = "forward and backward over the same chunks" if fused_forward is None else "forward in one Triton kernel, backward in chunks"
+    doc = f"{chunking.step.describe()}{clauses} {chunking.describe()}: {how}"
     function = ir.Function(name, doc, inputs, tuple(forward), (grad,), tuple(backward))
     out = names.fresh("t")
     apply = ir.Assign(out, ir.Apply(function.name, tuple(ir.Var(x) for x in inputs)), "chunked-reduction, differentiated in chunks")

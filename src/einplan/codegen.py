@@ -29,6 +29,8 @@ def _const(value) -> str:
         if value != value or value in (float("inf"), float("-inf")):
             return f"float({str(value)!r})"
         return repr(value)
+    if isinstance(value, str):  # a Triton option ("ieee"), never a user's text
+        return repr(value)
     if isinstance(value, tuple):
         inner = ", ".join(_const(v) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"
@@ -88,6 +90,8 @@ def expr(node) -> str:
         return f"({inner},)" if len(node.items) == 1 else f"({inner})"
     if isinstance(node, ir.Apply):
         return f"{node.function}.apply({_args(node.args, ())})"
+    if isinstance(node, ir.Launch):
+        return f"{node.kernel}[{expr(ir.Tuple(node.grid))}]({_args(node.args, node.kwargs)})"
     raise TypeError(f"cannot render {node!r}")
 
 
@@ -140,13 +144,25 @@ def qualified(nodes, prefix: str):
     generated function that defines it)."""
     if isinstance(nodes, ir.Apply):
         return ir.Apply(f"{prefix}_{nodes.function}", qualified(nodes.args, prefix))
+    if isinstance(nodes, ir.Launch):
+        return replace(nodes, kernel=f"{prefix}_{nodes.kernel}")
+    if isinstance(nodes, ir.Kernel):
+        name = f"{prefix}_{nodes.name}"
+        return ir.Kernel(name, nodes.source.replace(f"def {nodes.name}(", f"def {name}(", 1))
     if isinstance(nodes, ir.Function):
-        return replace(nodes, name=f"{prefix}_{nodes.name}")
+        forward, backward = qualified(nodes.forward, prefix), qualified(nodes.backward, prefix)
+        return replace(nodes, name=f"{prefix}_{nodes.name}", forward=forward, backward=backward)
     if isinstance(nodes, tuple | list):
         return type(nodes)(qualified(n, prefix) for n in nodes)
     if is_dataclass(nodes) and not isinstance(nodes, (type, ir.Const)):
         return replace(nodes, **{f.name: qualified(getattr(nodes, f.name), prefix) for f in fields(nodes)})
     return nodes
+
+
+def definition(node: ir.Function | ir.Kernel) -> str:
+    """The source of one module-level definition a plan makes: an autograd function's class, or a
+    Triton kernel (einplan's template, as it is)."""
+    return node.source if isinstance(node, ir.Kernel) else autograd_class(node)
 
 
 def autograd_class(function: ir.Function) -> str:
@@ -164,7 +180,7 @@ def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, b
     autograd functions (``ir.Function``) its body applies."""
     if not name.isidentifier():
         raise ValueError(f"not a function name: {name!r}")
-    classes = "".join(autograd_class(f) + "\n\n" for f in qualified(tuple(functions), name))
+    classes = "".join(definition(f) + "\n\n" for f in qualified(tuple(functions), name))
     if functions:  # only a body that applies autograd functions names them
         body = qualified(tuple(body), name)
     lines = [f"def {name}("]

@@ -59,6 +59,9 @@ def _why(step: planner.Step, plan: planner.Plan) -> list[str]:
         return [f"     why: the full intermediate would take {full}B; chunks keep it under the memory budget"]
     runner = others[0]
     ratio = runner.seconds / max(winner.seconds, 1e-12)
+    if step.kind == planner.FUSED:
+        full = human(min(c.estimate.memory for c in others if c.lowering != planner.CHUNKED))  # the product itself
+        return [f"     why: the {full}B product stays on chip, tile by tile; {ratio:.2g}x cheaper than {runner.lowering}, the next best"]
     return [f"     why: {ratio:.2g}x cheaper than {runner.lowering}, the next best"]
 
 

@@ -40,6 +40,7 @@ FUNCTIONS = frozenset(
         "torch.logical_not",
         "torch.exp",
         "torch.zeros_like",
+        "torch.get_float32_matmul_precision",
     }
 )
 METHODS = frozenset(
@@ -72,6 +73,7 @@ METHODS = frozenset(
         "neg",
         "view",
         "unflatten",
+        "stride",
     }
 )
 ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad", "needs_input_grad"})
@@ -176,6 +178,22 @@ class Apply:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """``kernel[grid](args, **kwargs)``: launch one of the plan's Triton kernels (see :class:`Kernel`);
+    like :class:`Apply`, its local name is prefixed with the generated function's."""
+
+    kernel: str
+    grid: tuple
+    args: tuple
+    kwargs: tuple = ()
+
+    def __post_init__(self):
+        names = (self.kernel, *(k for k, _ in self.kwargs))
+        if not all(isinstance(n, str) and n.isidentifier() for n in names):
+            raise ValueError(f"not generated names: {names!r}")
+
+
+@dataclass(frozen=True)
 class IfExp:
     """``then if condition else otherwise``."""
 
@@ -206,7 +224,7 @@ class Tuple:
 SLICE = slice(None)
 ELLIPSIS = ...
 
-Expr = Var | Const | Call | Method | Attr | BinOp | Index | IfExp | BoolOp | Tuple | Apply
+Expr = Var | Const | Call | Method | Attr | BinOp | Index | IfExp | BoolOp | Tuple | Apply | Launch
 
 
 @dataclass(frozen=True)
@@ -298,6 +316,19 @@ class Function:
         names = (self.name, *self.inputs, *self.grads)
         if not all(isinstance(n, str) and n.isidentifier() for n in names):
             raise ValueError(f"not generated names: {names!r}")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A Triton kernel the plan defines (the ``fused`` lowering): its source is einplan's fixed
+    template (``fused.kernel_source``) with a generated name, rendered as it is."""
+
+    name: str
+    source: str
+
+    def __post_init__(self):
+        if not self.name.isidentifier() or not self.source.startswith("@triton.jit\ndef " + self.name + "("):
+            raise ValueError(f"not a generated kernel: {self.name!r}")
 
 
 # --- small helpers the planner uses -------------------------------------------------

@@ -22,7 +22,8 @@ MATMUL = "matmul-broadcast"
 ELEMENTWISE = "elementwise-sum"
 UNROLLED = "unrolled"
 CHUNKED = "chunked-reduction"
-LOWERINGS = (MATMUL, ELEMENTWISE, UNROLLED, CHUNKED)
+FUSED = "fused"  # one Triton kernel: the product's tiles reduced on chip (CUDA, or Triton's interpreter)
+LOWERINGS = (MATMUL, ELEMENTWISE, UNROLLED, CHUNKED, FUSED)
 
 
 def align(value: Value, layout) -> ir.Expr:

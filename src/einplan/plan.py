@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import opt_einsum
 
-from . import backward, chunks, ir, screen, tails
+from . import backward, chunks, fused, ir, screen, tails
 from . import chunking as cutting
 from .bind import Bound
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
@@ -22,13 +22,14 @@ from .clauses import apply_clauses, check_supported, clause_dtype
 from .contraction import Candidate, Context, Contraction, Names, Options, Value, numel, sum_over, take_pair
 from .cost import DeviceModel, Estimate, load_model
 from .errors import EinplanError
-from .lowerings import CHUNKED, ELEMENTWISE, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose, emit_value
+from .lowerings import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose, emit_value
 
 __all__ = [
     "CHUNKED",
     "CHUNK_BYTES",
     "DEFAULT_MEMORY_LIMIT",
     "ELEMENTWISE",
+    "FUSED",
     "LOWERINGS",
     "MATMUL",
     "UNROLLED",
@@ -50,7 +51,7 @@ class Step:
     statements: tuple
     estimate: Estimate | None = None
     candidates: tuple[Candidate, ...] = ()
-    functions: tuple[ir.Function, ...] = ()  # autograd functions its statements apply
+    functions: tuple[ir.Function | ir.Kernel, ...] = ()  # autograd functions and Triton kernels its statements use
     backward: str = ""  # how its backward runs, when it is an autograd function of its own
 
 
@@ -74,11 +75,12 @@ class Plan:
     def grad_matters(self) -> bool:
         """Whether a call that autograd records has another plan: one of its steps is chunked (and
         would be an autograd function of its own).  ``bl`` looks that plan up only then."""
-        return not self.options.grad and self.bound.dtype in backward.FLOATING and any(s.kind == CHUNKED for s in self.steps)
+        return not self.options.grad and self.bound.dtype in backward.FLOATING and any(s.kind in (CHUNKED, FUSED) for s in self.steps)
 
     @property
-    def functions(self) -> tuple[ir.Function, ...]:
-        """The autograd functions the plan defines (one per chunked step differentiated in chunks)."""
+    def functions(self) -> tuple[ir.Function | ir.Kernel, ...]:
+        """The autograd functions the plan defines (one per chunked step differentiated in chunks)
+        and its Triton kernels (one per fused step)."""
         return tuple(f for step in self.steps for f in step.functions)
 
     @property
@@ -253,11 +255,43 @@ class _Planning:
         return self.context.options.memory_limit or DEFAULT_MEMORY_LIMIT
 
 
+def _job(planning: _Planning, step: Contraction) -> Job:
+    bound = planning.bound
+    return Job(step, planning.clauses, bound.output_axes, tuple(f"x{k}" for k in range(len(bound.operands))), bound.device)
+
+
+def _fused(planning: _Planning, step: Contraction, estimate: Estimate, candidates) -> tuple[Step, list[Value]] | None:
+    """The last step and its first clause in one Triton kernel, on CUDA when it is cheaper than the
+    product in memory (or whenever forced): (step, result values), or None."""
+    context, device = planning.context, planning.bound.device
+    forced = context.forced(FUSED)
+    if not forced and device.type != "cuda":
+        return None
+    budget = min(planning.limit, CHUNK_BYTES)
+    job = _job(planning, step)
+    planned = fused.plan_step(job, context, budget)
+    if planned is None:
+        return None
+    model = context.model
+    others = [fused.read_back(c, step, model) for c in candidates]  # a product in memory is read again to reduce it
+    chunking = cutting.price(job, context, budget)
+    if chunking is not None:
+        chunked = chunking.estimate(planning.clauses)
+        others.append(Candidate(CHUNKED, chunked, model.seconds(chunked)))
+    seconds = model.seconds(planned.estimate)
+    fitting = [c.seconds for c in others if c.estimate.memory <= budget or c.lowering == CHUNKED]
+    if not forced and seconds >= min(fitting, default=float("inf")):
+        return None
+    candidates = tuple(others) + (Candidate(FUSED, planned.estimate, seconds),)
+    step_ = Step(FUSED, planned.description, planned.statements, planned.estimate, candidates, planned.definitions, planned.backward)
+    return step_, planned.results
+
+
 def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) -> tuple[Step, list[Value]] | None:
     """The last step in chunks and every clause after it, when chunks are worth it: (step, result
     values), or None."""
     context, clauses = planning.context, planning.clauses
-    job = Job(step, clauses, planning.bound.output_axes, tuple(f"x{k}" for k in range(len(planning.bound.operands))), planning.bound.device)
+    job = _job(planning, step)
     chunking = cutting.price(job, context, min(planning.limit, CHUNK_BYTES))
     if chunking is None:
         return None
@@ -316,6 +350,11 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
         winner, estimate, candidates = choose(step, context)
         budget = min(planning.limit, CHUNK_BYTES)
         wants_chunks = options.lowering == CHUNKED or estimate.memory > planning.limit or (planning.clauses and estimate.memory > budget)
+        if number == len(path) - 1 and planning.clauses:
+            done = _fused(planning, step, estimate, candidates)
+            if done is not None:
+                steps.append(done[0])
+                return steps, done[1], True
         if number == len(path) - 1 and wants_chunks:
             done = _chunked(planning, step, winner, candidates)
             if done is not None:
