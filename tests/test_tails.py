@@ -44,6 +44,41 @@ def test_the_rest_of_the_path_in_chunks_is_einsums(chain, limit):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+CLAUSE_CHAINS = [
+    ("a i, a j, i j -> i | max j", lambda t: torch.einsum("ai,aj,ij->ij", *t).amax(1)),
+    ("a i, a j, i j -> i | logsumexp j", lambda t: torch.einsum("ai,aj,ij->ij", *t).logsumexp(1)),
+    ("a i, a j, i j -> i | mean j", lambda t: torch.einsum("ai,aj,ij->ij", *t).mean(1)),
+    ("a i, a j, i j -> j | min i", lambda t: torch.einsum("ai,aj,ij->ij", *t).amin(0)),
+]
+
+
+@pytest.mark.parametrize("chain", CLAUSE_CHAINS, ids=[c[0] for c in CLAUSE_CHAINS])
+def test_clauses_run_on_each_chunk_of_the_rest_of_the_path(chain):
+    """The cut axis is one the clauses keep: each chunk's rows are reduced before they are written."""
+    pattern, reference = chain
+    g = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in [(30, 40), (30, 50), (40, 50)]]
+    plan = plan_for(pattern, *tensors, memory_limit=2048)
+    (step,) = plan.steps
+    assert step.kind == CHUNKED and "the rest of the path and its clauses" in step.description
+    got = einplan.bl(pattern, *tensors, memory_limit=2048)
+    want = reference(tensors)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(got.sum(), tensors), torch.autograd.grad(want.sum(), tensors), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    index = einplan.bl("a i, a j, i j -> i | argmax j", *(t.detach() for t in tensors), memory_limit=2048)
+    assert torch.equal(index, torch.einsum("ai,aj,ij->ij", *(t.detach() for t in tensors)).argmax(1))
+
+
+def test_a_clause_over_every_axis_keeps_the_last_step_in_chunks():
+    """No axis survives ``| max i j``: the chain keeps its first step whole and chunks the last."""
+    tensors = [torch.randn(s, dtype=torch.float64) for s in [(30, 40), (30, 50), (40, 50)]]
+    plan = plan_for("a i, a j, i j -> | max i j", *tensors, memory_limit=2048)
+    assert all("the rest of the path" not in s.description for s in plan.steps)
+    got = einplan.bl("a i, a j, i j -> | max i j", *tensors, memory_limit=2048)
+    torch.testing.assert_close(got, torch.einsum("ai,aj,ij->ij", *tensors).amax())
+
+
 def test_without_a_limit_the_chain_is_one_step_each():
     kinds = [s.kind for s in plan_for("a i, a j, i j ->", (30, 40), (30, 50), (40, 50)).steps]
     assert CHUNKED not in kinds
@@ -59,24 +94,30 @@ PEAK_SCRIPT = textwrap.dedent(
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
 
-    n, limit = int(sys.argv[1]), int(sys.argv[2])
+    n, limit, pattern = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     torch.manual_seed(0)
     a, b, c = torch.randn(n, n), torch.randn(n, n), torch.randn(n, n)
-    bl("a i, a j, i j ->", a[:64, :64], b[:64, :64], c[:64, :64], memory_limit=limit)  # load the plan machinery
+    bl(pattern, a[:64, :64], b[:64, :64], c[:64, :64], memory_limit=limit)  # load the plan machinery
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = status("VmRSS")
-    got = bl("a i, a j, i j ->", a, b, c, memory_limit=limit)
-    print(status("VmHWM") - before, float(got), float(((a.T @ b) * c).sum()))
+    got = bl(pattern, a, b, c, memory_limit=limit)
+    peak = status("VmHWM") - before
+    product = (a.T @ b) * c
+    want = product.amax(1) if "| max j" in pattern else product.sum()
+    print(peak, float(got.sum()), float(want.sum()))
     """
 )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc/self/clear_refs (Linux)")
-def test_a_three_operand_chain_stays_under_the_limit():
-    """Its first step's i x j intermediate alone is 64 MiB at 4096^3; under 8 MiB it is never whole."""
+@pytest.mark.parametrize("pattern", ["a i, a j, i j ->", "a i, a j, i j -> i | max j"])
+def test_a_three_operand_chain_stays_under_the_limit(pattern):
+    """Its first step's i x j intermediate alone is 64 MiB at 4096^3; under 8 MiB it is never whole,
+    with or without a clause after it."""
     limit = 8 * MiB
-    result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, "4096", str(limit)], capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-c", PEAK_SCRIPT, "4096", str(limit), pattern]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     extra, got, want = (float(x) for x in result.stdout.split())
     assert abs(got - want) <= 1e-3 * abs(want) + 1.0

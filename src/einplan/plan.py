@@ -325,12 +325,13 @@ def _tail(planning: _Planning, values: tuple, path, candidates) -> tuple[Step, l
     """The rest of the path in chunks of one axis, when a step before the last would exceed the
     limit (see :mod:`einplan.tails`): (step, result values), or None when cutting cannot help."""
     bound = planning.bound
-    tail = tails.Tail(values, tuple(path), planning.keep, dict(bound.sizes), planning.rank, bound.dtype)
+    output = frozenset(bound.output_axes)
+    tail = tails.Tail(values, tuple(path), planning.keep, dict(bound.sizes), planning.rank, bound.dtype, planning.clauses, output)
     done = tails.plan(tail, planning.context, planning.limit)
     if done is None:
         return None
     statements, result, estimate, how = done
-    description = f"{', '.join(' '.join(v.axes) for v in values)} -> {' '.join(result.axes)} {how}, the rest of the path"
+    description = f"{', '.join(' '.join(v.axes) for v in values)} -> {' '.join(result.axes)} {how}, the rest of the path" + (" and its clauses" if planning.clauses else "")
     chunked = Candidate(CHUNKED, estimate, planning.context.model.seconds(estimate))
     return Step(CHUNKED, description, tuple(statements), estimate, candidates + (chunked,)), [result]
 
@@ -360,11 +361,11 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
             if done is not None:
                 steps.append(done[0])
                 return steps, done[1], True
-        if number < len(path) - 1 and estimate.memory > planning.limit and not planning.clauses:
+        if number < len(path) - 1 and estimate.memory > planning.limit:
             tail = _tail(planning, before, path[number:], candidates)
             if tail is not None:
                 steps.append(tail[0])
-                return steps, tail[1], False
+                return steps, tail[1], bool(planning.clauses)
         statements, value, description = emit_value(winner, step, context)
         steps.append(Step(winner, description, statements, estimate, candidates))
         values.append(value)

@@ -6,7 +6,9 @@ Instead the steps from the oversized one to the end run inside one loop over
 chunks of an axis of that intermediate: each chunk cuts every value holding the
 axis, contracts the rest of the path for those rows, and either fills rows of
 the result (an output axis) or adds its partial result (an axis summed later).
-Plans with clauses keep their clause machinery (the last step in chunks).
+With clauses (``a i, a j, i j -> i | max j``) the cut axis must be one the
+clauses keep: each chunk then applies every clause to its rows before writing
+them.  Otherwise the plan keeps its clause machinery (the last step in chunks).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from . import ir
 from .chunking import CHUNK_BYTES, human_bytes
 from .chunks import rows_of
-from .clauses import new_tensor, sized
+from .clauses import ARG_REDUCERS, apply_clauses, clause_dtype, new_tensor, sized
 from .contraction import Context, Contraction, Value, take_pair
 from .cost import Estimate
 from .lowerings import REGISTRY, choose, emit_value
@@ -36,6 +38,8 @@ class Tail:
     sizes: dict
     rank: Callable[[str], tuple]
     dtype: torch.dtype
+    clauses: tuple = ()  # applied to each chunk's rows
+    output: frozenset = frozenset()  # the axes the clauses keep
 
 
 def _steps(tail: Tail, sizes, context: Context, free=frozenset(), emit: bool = False):
@@ -66,7 +70,7 @@ def _steps(tail: Tail, sizes, context: Context, free=frozenset(), emit: bool = F
 
 def _axis(tail: Tail, oversized: tuple[str, ...]) -> str | None:
     """The axis to cut: the largest of the oversized intermediate's, an output axis first."""
-    candidates = [x for x in oversized if tail.sizes[x] > 1]
+    candidates = [x for x in oversized if tail.sizes[x] > 1 and (x in tail.output or not tail.clauses)]
     if not candidates:
         return None
     outputs = [x for x in candidates if x in tail.keep]
@@ -78,8 +82,8 @@ def plan(tail: Tail, context: Context, limit: int):
     estimates, _, final, results = _steps(tail, tail.sizes, context)
     oversized = next(axes for axes, size in results if size > limit)
     axis = _axis(tail, oversized)
-    if axis is None:
-        return None
+    if axis is None or (tail.clauses and tail.clauses[-1][0] in ARG_REDUCERS and len(tail.clauses[-1][1]) > 1):
+        return None  # no axis to cut, or a clause that returns one index tensor per axis
     # a chunk's intermediates, and a copy of an operand cut across its rows (a GEMM copies a
     # strided chunk it cannot read in place)
     per_row = 2 * max(size / tail.sizes[axis] for axes, size in results if axis in axes)
@@ -118,10 +122,16 @@ def _emit(tail: Tail, context: Context, axis: str, rows: int, final: Value) -> t
     sizes = dict(tail.sizes, **{axis: rows})
     body_tail = Tail(tuple(parts), tail.path, tail.keep, sizes, tail.rank, tail.dtype)
     _, body, piece, _ = _steps(body_tail, sizes, context, frozenset({axis}), emit=True)
+    dtype = tail.dtype
+    if tail.clauses:
+        more, (piece,) = apply_clauses(piece, tail.clauses, sizes, dtype, names, frozenset({axis}))
+        body += more
+        for reducer, _ in tail.clauses:
+            dtype = clause_dtype(reducer, dtype)
     result = Value(names.fresh("result"), piece.axes)
     shape = sized(tuple(tail.sizes[x] for x in piece.axes), piece.axes)
     if axis in piece.axes:
-        setup = ir.Assign(result.var, new_tensor("torch.empty", shape, tail.dtype), "result, filled chunk by chunk")
+        setup = ir.Assign(result.var, new_tensor("torch.empty", shape, dtype), "result, filled chunk by chunk")
         body.append(ir.Assign(rows_of(result, axis, start, step), ir.Var(piece.var), f"write rows of {axis}"))
     else:
         setup = ir.Assign(result.var, new_tensor("torch.zeros", shape, tail.dtype), "running sum")
