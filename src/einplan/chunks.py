@@ -261,6 +261,10 @@ def _emit_running(loops: Loops) -> tuple[list, list[Value]]:
 
 def _contract_and_fold(loops: Loops, parts, accs: list[str], reducer: str, ids) -> list:
     computed, value = loops.contract(parts)
+    # a whole chunk (up to the chunk budget) is the loop's own tensor, its buffer or a fresh
+    # product: a logsumexp shifts it in place rather than make two more of its size; the row
+    # tiles keep torch.logsumexp (their tiles are small and stay in cache)
+    value = replace(value, owned=True)
     if loops.counting:
         return computed + fold_counting(accs[0], accs[1], reducer, value, ids, loops.names, loops.piece)
     return computed + fold(accs[0], reducer, value, ids, loops.chunking.step.dtype, loops.names, loops.piece)

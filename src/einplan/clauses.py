@@ -150,6 +150,8 @@ def fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: N
     else:  # sum, mean
         merge = ir.BinOp("+", ir.Var(acc), ir.Var(part))
     wide = accumulator_dtype(reducer, dtype)
+    if reducer == "logsumexp" and value.owned and dtype.is_floating_point:
+        return _logsumexp_in_place(part, value, dims, names, piece) + [ir.Assign(acc, merge, "combine")]
     if wide != dtype:  # each chunk's sum in the accumulator's dtype, as torch's own sum accumulates
         partial: ir.Expr = ir.Method(
             ir.Var(value.var), "sum", (ir.Const(dims[0] if len(dims) == 1 else dims),), (("dtype", ir.Const(wide)),)
@@ -159,6 +161,24 @@ def fold(acc: str, reducer: str, value: Value, ids, dtype: torch.dtype, names: N
     return [
         ir.Assign(part, partial, f"{reducer} of this {piece}"),
         ir.Assign(acc, merge, "combine"),
+    ]
+
+
+def _logsumexp_in_place(part: str, value: Value, dims: tuple[int, ...], names: Names, piece: str) -> list:
+    """torch.logsumexp of a piece the loop owns (its buffer, or a fresh product), shifting and
+    exponentiating the piece in place: no temporary the size of the piece.  The shift is
+    torch's: the max, or 0 where the max is infinite."""
+    arg = ir.Const(dims[0] if len(dims) == 1 else dims)
+    rest = tuple(x for x in value.axes if value.axes.index(x) not in dims)
+    high, shift = names.fresh("high"), names.fresh("shift")
+    infinite = ir.BinOp("==", ir.Method(ir.Var(high), "abs"), ir.Const(float("inf")))
+    shifted = ir.Method(ir.Method(ir.Var(value.var), "sub_", (aligned(Value(shift, rest), value.axes),)), "exp_")
+    total = ir.Method(ir.Method(ir.Method(ir.Var(value.var), "sum", (arg,)), "log_"), "add_", (ir.Var(shift),))
+    return [
+        ir.Assign(high, ir.Call("torch.amax", (ir.Var(value.var), arg)), f"the max of this {piece}"),
+        ir.Assign(shift, ir.Call("torch.where", (infinite, ir.Const(0.0), ir.Var(high))), "shift by it (by 0 where it is infinite)"),
+        ir.Do(shifted, f"exp(s - shift), in place: no copy of the {piece}"),
+        ir.Assign(part, total, f"logsumexp of this {piece}"),
     ]
 
 

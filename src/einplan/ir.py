@@ -74,6 +74,10 @@ METHODS = frozenset(
         "view",
         "unflatten",
         "stride",
+        "sub_",
+        "exp_",
+        "log_",
+        "abs",
     }
 )
 ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad", "needs_input_grad"})
