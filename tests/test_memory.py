@@ -59,8 +59,15 @@ def test_planner_accounting_keeps_chunks_under_the_limit(pattern, shapes, cut, l
         assert chunked[0].estimate.memory > budget / 2
 
 
+@pytest.fixture
+def without_triton(monkeypatch):
+    """Plans as on a machine where triton does not import: no fused kernel, on any device."""
+    monkeypatch.setattr(einplan.fused, "available", lambda device: False)
+
+
 @pytest.mark.parametrize("device, cut", [("cpu", "in tiles of 2048 along m by 1024 along n"), ("cuda", "in chunks of 419 along m")])
-def test_whole_product_max_is_tiled_for_a_cpu_only(device, cut, cpu_screen):
+def test_whole_product_max_is_tiled_for_a_cpu_only(device, cut, cpu_screen, without_triton):
+    """Without a fused kernel (no triton): on CUDA one full-width chunk per GEMM, on a CPU tiles."""
     cpu_screen(False)
     plan = plan_for("m d, n d -> | max m n", *WHOLE, device=device)
     (step,) = [s for s in plan.steps if s.kind == CHUNKED]
@@ -75,7 +82,7 @@ def test_whole_product_max_is_tiled_for_a_cpu_only(device, cut, cpu_screen):
         ("cuda", False, "in chunks of 52 along q"),
     ],
 )
-def test_a_reduction_that_keeps_the_rows_is_tiled_for_eager_cpu_code_only(device, compiled, cut):
+def test_a_reduction_that_keeps_the_rows_is_tiled_for_eager_cpu_code_only(device, compiled, cut, without_triton):
     # torch.compile would unroll every tile of the loop; a GPU's GEMM wants the full-width chunk
     plan = plan_for("q d, k d -> q | logsumexp k", *WHOLE, device=device, compiled=compiled)
     (step,) = [s for s in plan.steps if s.kind == CHUNKED]
