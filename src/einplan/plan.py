@@ -331,7 +331,8 @@ def _tail(planning: _Planning, values: tuple, path, candidates) -> tuple[Step, l
     if done is None:
         return None
     statements, result, estimate, how = done
-    description = f"{', '.join(' '.join(v.axes) for v in values)} -> {' '.join(result.axes)} {how}, the rest of the path" + (" and its clauses" if planning.clauses else "")
+    clauses = " and its clauses" if planning.clauses else ""
+    description = f"{', '.join(' '.join(v.axes) for v in values)} -> {' '.join(result.axes)} {how}, the rest of the path{clauses}"
     chunked = Candidate(CHUNKED, estimate, planning.context.model.seconds(estimate))
     return Step(CHUNKED, description, tuple(statements), estimate, candidates + (chunked,)), [result]
 
