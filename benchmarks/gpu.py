@@ -59,8 +59,9 @@ import einplan
 import memory
 from cases import BOUND, EINPLAN, FULL, INFO, PEER, Case, MiB, Row, at_least, at_most, best_of, ceiling, check_rows, div, planner_choice
 from report import write_json
-from timing import _stats, fmt_us, same_result
+from timing import fmt_us, same_result, stats
 from tiny import unsqueeze_sum_bmm, written_out_bmm
+from training import trained
 
 WORKLOADS = ("W4", "W5", "W6", "W7")
 W4_PATTERN = "b i j, b j k -> b i k"
@@ -138,7 +139,7 @@ def time_synced(fns: dict, env: Env) -> dict:
         for name in names[r % len(names) :] + names[: r % len(names)]:
             if len(samples[name]) < repeat[name]:
                 samples[name].append(_loop_s(fns[name], number[name], env.sync))
-    return {name: _stats(samples[name], number[name]) for name in names}
+    return {name: stats(samples[name], number[name]) for name in names}
 
 
 def peak_extra(fn: Callable, env: Env, before: Callable | None = None) -> dict:
@@ -379,18 +380,6 @@ def w6(env: Env) -> list:
 # --- W7: forward and backward ------------------------------------------------------------------------
 
 
-def _trained(forward: Callable, leaves) -> Callable:
-    """Forward, ``.sum().backward()``, and the leaves' gradients."""
-
-    def run():
-        for leaf in leaves:
-            leaf.grad = None
-        forward().sum().backward()
-        return tuple(leaf.grad for leaf in leaves)
-
-    return run
-
-
 def _gemms_alone(Q, K) -> Callable:
     """The three GEMMs of a materialized forward and backward, alone: Q @ K.T, then S @ K and S.T @ Q."""
     q, k = Q.detach(), K.detach()
@@ -407,9 +396,9 @@ def w7(env: Env) -> list:
     Q, K = (x.requires_grad_() for x in _inputs(env, Q_, K_, D, 7, torch.float32))
     recipe = "torch.logsumexp(Q @ K.T, -1)"
     rows = [
-        Row("einplan.bl", _trained(lambda: einplan.bl(P6, Q, K), (Q, K)), kind=EINPLAN),
-        Row(FUSED, _trained(lambda: einplan.bl(P6, Q, K, lowering="fused"), (Q, K)), kind=INFO),
-        Row(recipe, _trained(lambda: torch.logsumexp(Q @ K.T, -1), (Q, K))),
+        Row("einplan.bl", trained(lambda: einplan.bl(P6, Q, K), (Q, K)), kind=EINPLAN),
+        Row(FUSED, trained(lambda: einplan.bl(P6, Q, K, lowering="fused"), (Q, K)), kind=INFO),
+        Row(recipe, trained(lambda: torch.logsumexp(Q @ K.T, -1), (Q, K))),
         Row("the three GEMMs alone (Q @ K.T, S @ K, S.T @ Q)", _gemms_alone(Q, K), kind=BOUND),
     ]
     gradients = 2 * Q.numel() * Q.element_size()

@@ -54,7 +54,7 @@ def _sample(fn: Callable[[], object], number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def _stats(per_call_s: list[float], number: int) -> Timing:
+def stats(per_call_s: list[float], number: int) -> Timing:
     xs = sorted(per_call_s)
     if len(xs) >= 2:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
@@ -111,7 +111,7 @@ def time_many(
         for name in order:
             if len(samples[name]) < repeat[name]:
                 samples[name].append(_sample(fns[name], number[name]))
-    return {name: _stats(samples[name], number[name]) for name in names}
+    return {name: stats(samples[name], number[name]) for name in names}
 
 
 def time_one(fn: Callable[[], object], **kwargs) -> Timing:

@@ -38,7 +38,7 @@ KEOPS_ROW = {
 }
 
 
-def _trained(forward, leaves):
+def trained(forward, leaves):
     """A row's call: forward, ``.sum().backward()``, and the leaves' gradients."""
 
     def run():
@@ -65,28 +65,28 @@ def _rows(reducer: str, pattern: str, Q, K) -> list:
     reduce = REDUCE[reducer]
     leaves = (Q, K)
     rows = [
-        Row("einplan.bl", _trained(lambda: einplan.bl(pattern, Q, K), leaves), kind="einplan"),
-        Row(RECIPE[reducer], _trained(lambda: reduce(Q @ K.T), leaves)),
-        Row(f'{reducer}(torch.einsum("qd,kd->qk"))', _trained(lambda: reduce(torch.einsum("qd,kd->qk", Q, K)), leaves)),
+        Row("einplan.bl", trained(lambda: einplan.bl(pattern, Q, K), leaves), kind="einplan"),
+        Row(RECIPE[reducer], trained(lambda: reduce(Q @ K.T), leaves)),
+        Row(f'{reducer}(torch.einsum("qd,kd->qk"))', trained(lambda: reduce(torch.einsum("qd,kd->qk", Q, K)), leaves)),
     ]
     if opt_einsum is not None:
         rows.append(
-            Row(f'{reducer}(opt_einsum.contract("qd,kd->qk"))', _trained(lambda: reduce(opt_einsum.contract("qd,kd->qk", Q, K)), leaves))
+            Row(f'{reducer}(opt_einsum.contract("qd,kd->qk"))', trained(lambda: reduce(opt_einsum.contract("qd,kd->qk", Q, K)), leaves))
         )
     if einops is not None:
         rows.append(
-            Row(f'{reducer}(einops.einsum("q d, k d -> q k"))', _trained(lambda: reduce(einops.einsum(Q, K, "q d, k d -> q k")), leaves))
+            Row(f'{reducer}(einops.einsum("q d, k d -> q k"))', trained(lambda: reduce(einops.einsum(Q, K, "q d, k d -> q k")), leaves))
         )
     if einx is not None:
         call = getattr(einx, reducer)
         rows.append(
-            Row(f'einx.{reducer}("q [k]", einx.dot(...))', _trained(lambda: call("q [k]", einx.dot("q d, k d -> q k", Q, K)), leaves))
+            Row(f'einx.{reducer}("q [k]", einx.dot(...))', trained(lambda: call("q [k]", einx.dot("q d, k d -> q k", Q, K)), leaves))
         )
     name = KEOPS_ROW[reducer]
     if LazyTensor is None:
         rows.append(Row(name, None, status=KEOPS_MISSING))
     else:
-        rows.append(Row(name, _trained(lambda: _keops(reducer, Q, K), leaves), once=True))
+        rows.append(Row(name, trained(lambda: _keops(reducer, Q, K), leaves), once=True))
     return rows
 
 
