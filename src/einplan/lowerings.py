@@ -74,8 +74,9 @@ class ElementwiseSum(Lowering):
         return bool(step.summed) and not context.options.compiled
 
     def _into(self, step: Contraction, context: Context) -> Value | None:
-        """An owned operand of the product's shape the multiply may overwrite (no allocation)."""
-        if not self._product_exists(step, context):
+        """An owned operand of the product's shape the multiply may overwrite (no allocation): the
+        product before its sum, or the result itself when nothing is summed."""
+        if context.options.compiled:
             return None
         rank = len(step.kept) + len(step.summed)
         return next((v for v in (step.a, step.b) if v.owned and len(v.axes) == rank), None)
@@ -93,7 +94,7 @@ class ElementwiseSum(Lowering):
             ops=2 if exists else 1,
             elementwise=full,
             reductions=out if exists and step.numel(step.summed) < 64 else 0,
-            memory=((full if into is None else 0) + out) * itemsize if exists else out * itemsize,
+            memory=((full if into is None else 0) + out) * itemsize if exists else (0 if into is not None else out * itemsize),
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
