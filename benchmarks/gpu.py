@@ -59,9 +59,8 @@ import einplan
 import memory
 from cases import BOUND, EINPLAN, FULL, INFO, PEER, Case, MiB, Row, at_least, at_most, best_of, ceiling, check_rows, div, planner_choice
 from report import write_json
-from timing import fmt_us, same_result, stats
+from timing import fmt_us, same_result, stats, trained
 from tiny import unsqueeze_sum_bmm, written_out_bmm
-from training import trained
 
 WORKLOADS = ("W4", "W5", "W6", "W7")
 W4_PATTERN = "b i j, b j k -> b i k"

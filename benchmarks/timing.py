@@ -209,3 +209,15 @@ def machine_summary() -> dict:
         "processor": platform.processor() or platform.machine(),
         "loadavg": load,
     }
+
+
+def trained(forward, leaves):
+    """A row's call: forward, ``.sum().backward()``, and the leaves' gradients."""
+
+    def run():
+        for leaf in leaves:
+            leaf.grad = None
+        forward().sum().backward()
+        return tuple(leaf.grad for leaf in leaves)
+
+    return run

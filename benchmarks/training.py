@@ -21,6 +21,7 @@ import torch
 import einplan
 import memory
 from cases import Bench, Case, Config, MiB, Row, at_most, div, einops, einx, first_line, opt_einsum, planner_choice
+from timing import trained
 
 try:
     from pykeops.torch import LazyTensor
@@ -36,18 +37,6 @@ KEOPS_ROW = {
     "logsumexp": "pykeops LazyTensor (Q_i | K_j).logsumexp(dim=1)",
     "max": "pykeops (Q_i | K_j).argmax(dim=1), then (Q * K[idx]).sum(-1)",
 }
-
-
-def trained(forward, leaves):
-    """A row's call: forward, ``.sum().backward()``, and the leaves' gradients."""
-
-    def run():
-        for leaf in leaves:
-            leaf.grad = None
-        forward().sum().backward()
-        return tuple(leaf.grad for leaf in leaves)
-
-    return run
 
 
 def _keops(reducer: str, Q, K):
