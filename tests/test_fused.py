@@ -248,6 +248,17 @@ def test_cuda_plans_choose_fused():
     assert small.steps[0].kind != "fused"  # one tiny matmul is cheaper than a kernel of its own here
 
 
+def test_code_for_torch_compile_keeps_the_chunked_form():
+    """torch.compile cannot trace Triton's interpreter, and the kernel inside a compiled graph is
+    not yet checked on a GPU: the compiled plan does without it unless forced on CUDA."""
+    shapes = ((20000, 128), (20000, 128))
+    assert "fused" not in plan_kinds("m d, n d -> | max m n", *shapes, device="cuda", compiled=True)
+    assert plan_kinds("m d, n d -> | max m n", *shapes, device="cuda", compiled=True, lowering="fused")[0] == "fused"
+    q, k = integers(70, 16), integers(90, 16, seed=12)
+    compiled = torch.compile(lambda q, k: einplan.bl("q d, k d -> q | logsumexp k", q, k, lowering="fused"))
+    torch.testing.assert_close(compiled(q, k), torch.logsumexp(q @ k.T, 1))
+
+
 def test_cpu_plans_never_choose_it_unforced():
     assert "fused" not in plan_kinds("m d, n d -> | max m n", (2000, 64), (2000, 64))
 

@@ -265,6 +265,8 @@ def _fused(planning: _Planning, step: Contraction, estimate: Estimate, candidate
     product in memory (or whenever forced): (step, result values), or None."""
     context, device = planning.context, planning.bound.device
     forced = context.forced(FUSED)
+    if context.options.compiled and not (forced and device.type == "cuda"):
+        return None  # traced by torch.compile: not yet checked on a GPU, and the interpreter cannot be traced
     if not forced and device.type != "cuda":
         return None
     budget = min(planning.limit, CHUNK_BYTES)
