@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import os
 
+# Tests plan with the shipped (or a test's own) constants: never a calibration of this machine.
+os.environ.setdefault("EINPLAN_CALIBRATE", "0")
+
 # Without a CUDA device, Triton kernels (the fused lowering) run on CPU tensors in Triton's
 # interpreter; it must be on before triton is first imported.
 if "TRITON_INTERPRET" not in os.environ:
@@ -287,12 +290,14 @@ def lowering_id(lowering: str | None) -> str:
 @pytest.fixture
 def shipped_cost_model(monkeypatch, tmp_path):
     """Plan with the shipped cost constants, never a tuned cache file of this machine."""
-    from einplan import cost
+    from einplan import calibration, cost
 
     monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
     cost._loaded.clear()
+    calibration.set_calibration(True)  # clears the calibrated models; EINPLAN_CALIBRATE=0 keeps it off
     yield
     cost._loaded.clear()
+    calibration.set_calibration(True)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ checks), ``plan`` (path, lowering per step, ``cost`` model), ``codegen`` and
 ``cli``.
 """
 
+from .calibration import set_calibration
 from .errors import EinplanError, PatternError, PatternSyntaxError, ShapeError, UnsupportedError
 from .explain import explain  # noqa: E402  (binds the function over the module of that name)
 from .kernels import Kernel, kernel
@@ -26,6 +27,7 @@ __all__ = [
     "Kernel",
     "cache_info",
     "clear_cache",
+    "set_calibration",
     "EinplanError",
     "PatternError",
     "PatternSyntaxError",

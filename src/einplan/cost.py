@@ -172,7 +172,7 @@ def _entry_key(kind: str, name: str | None) -> str:
 _loaded: dict[str, DeviceModel] = {}
 
 
-def _stored_constants(entry) -> dict[str, float] | None:
+def stored_constants(entry) -> dict[str, float] | None:
     """An entry's constants if every one is a finite positive number (or zero, where zero means
     "none", see ``MAY_BE_ZERO``), else None."""
     if not isinstance(entry, dict):
@@ -205,7 +205,7 @@ def load_model(device: torch.device | str) -> DeviceModel:
     path = cache_file()
     try:
         entry = _tuned_entry(json.loads(path.read_text()), kind, name)
-        constants = _stored_constants(entry)
+        constants = stored_constants(entry)
         if constants:
             measured = entry.get("device_name")
             on = f" on {measured}" if isinstance(measured, str) and measured else ""

@@ -17,10 +17,11 @@ import opt_einsum
 from . import backward, chunks, fused, ir, screen, tails
 from . import chunking as cutting
 from .bind import Bound
+from .calibration import model_for
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
 from .clauses import apply_clauses, check_supported, clause_dtype
 from .contraction import Candidate, Context, Contraction, Names, Options, Value, numel, sum_over, take_pair
-from .cost import DeviceModel, Estimate, load_model
+from .cost import DeviceModel, Estimate
 from .errors import EinplanError
 from .lowerings import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose, emit_value
 
@@ -396,7 +397,7 @@ def build(bound: Bound, options: Options = DEFAULT_OPTIONS, model: DeviceModel |
     _check_output_fits(bound)
     clauses = _effective_clauses(bound)
     keep = frozenset(bound.output_axes).union(*(ids for _, ids in clauses))
-    context = Context(Names(), options, model or load_model(bound.device))
+    context = Context(Names(), options, model or model_for(bound.device))
     planning = _Planning(bound, context, clauses, keep, _rank_function(bound))
     steps, values = _prepared(bound, keep)
     path = _path(values, keep, bound.sizes)

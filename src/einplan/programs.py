@@ -20,7 +20,7 @@ import torch
 
 from . import plan as planner
 from .bind import MAX_SIZE, bind, check_size
-from .cost import load_model
+from .calibration import model_for
 from .errors import EinplanError, ShapeError
 from .plan import check_memory_limit
 from .resolve import resolve
@@ -154,7 +154,7 @@ def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner
     resolved = resolve(pattern)
     bound = bind(resolved, shapes, dtype, device, sizes)
     jaxtyping_check(resolved, shapes, dtype)
-    return planner.build(bound, options, load_model(device))
+    return planner.build(bound, options, model_for(device))
 
 
 def build(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, compiled: bool = False, grad: bool = False) -> Program:
