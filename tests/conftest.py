@@ -18,6 +18,8 @@ import os
 
 # Tests plan with the shipped (or a test's own) constants: never a calibration of this machine.
 os.environ.setdefault("EINPLAN_CALIBRATE", "0")
+# ... and the cost model's choice of lowering, never one timed on a loaded machine (tests/test_measuring.py turns it on)
+os.environ.setdefault("EINPLAN_MEASURE", "0")
 
 # Without a CUDA device, Triton kernels (the fused lowering) run on CPU tensors in Triton's
 # interpreter; it must be on before triton is first imported.

@@ -15,6 +15,7 @@ from .calibration import set_calibration
 from .errors import EinplanError, PatternError, PatternSyntaxError, ShapeError, UnsupportedError
 from .explain import explain  # noqa: E402  (binds the function over the module of that name)
 from .kernels import Kernel, kernel
+from .measuring import set_measuring
 from .plan import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, UNROLLED
 from .runtime import bl, cache_info, clear_cache, code
 from .version import __version__
@@ -28,6 +29,7 @@ __all__ = [
     "cache_info",
     "clear_cache",
     "set_calibration",
+    "set_measuring",
     "EinplanError",
     "PatternError",
     "PatternSyntaxError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import plan as planner
+from .measuring import MEASURED, key_of
 from .runtime import plan_for
 from .source import render
 
@@ -41,6 +42,9 @@ def _step(number: int, step: planner.Step, plan: planner.Plan) -> list[str]:
         lines.append(f"     {mark} {candidate.lowering:<18} est. {candidate.seconds * 1e6:9.1f} us  (mostly {main})")
     if step.backward:
         lines.append(f"     backward: {step.backward}")
+    measured = MEASURED.get(key_of(plan.bound, plan.options.memory_limit)) if plan.options.lowering is None else None
+    if measured is not None and step.kind in measured.seconds:
+        lines.append(f"     {measured.describe()}")
     return lines + _why(step, plan)
 
 

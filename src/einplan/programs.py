@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,6 +22,8 @@ from . import plan as planner
 from .bind import MAX_SIZE, bind, check_size
 from .calibration import model_for
 from .errors import EinplanError, ShapeError
+from .lowerings import CONTRACTIONS
+from .measuring import MEASURED, Trial, close_call, key_of, measuring_enabled, remember
 from .plan import check_memory_limit
 from .resolve import resolve
 from .signatures import NO_AXES, jaxtyping_check
@@ -44,9 +46,10 @@ def records(tensors) -> bool:
     return is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Program:
-    """A plan, the source rendered from it, and the function that source defines."""
+    """A plan, the source rendered from it, and the function that source defines (for a close
+    call, a :class:`einplan.measuring.Trial` until its first calls have timed both candidates)."""
 
     plan: planner.Plan
     source: str
@@ -163,7 +166,40 @@ def build(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, 
     shapes = [shape for shape, _, _ in signature]
     dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
     options = planner.Options(lowering, memory_limit, compiled, grad)
-    return program(make_plan(pattern, shapes, dtype, device, dict(sizes), options))
+    made = program(make_plan(pattern, shapes, dtype, device, dict(sizes), options))
+    if lowering is None and not compiled and not grad and measuring_enabled():
+        _measure_close_call(
+            made, lambda forced: program(make_plan(pattern, shapes, dtype, device, dict(sizes), replace(options, lowering=forced)))
+        )
+    return made
+
+
+def _measure_close_call(made: Program, forced: Callable[[str], Program]) -> None:
+    """A close call's program runs a trial of both candidates on its first calls (or, when this
+    signature was measured before, the one kept then)."""
+    key = key_of(made.plan.bound, made.plan.options.memory_limit)
+    known = MEASURED.get(key)
+    runner = close_call(made.plan)
+    if runner is None and known is None:
+        return
+    try:
+        other = forced(known.kept if known is not None else runner)  # type: ignore[arg-type]
+    except EinplanError:
+        return
+    chosen = next(s.kind for s in made.plan.steps if s.kind in CONTRACTIONS)
+    if known is not None:
+        if known.kept != chosen:
+            made.plan, made.source, made.function = other.plan, other.source, other.function
+        return
+    assert runner is not None
+
+    mine = (made.plan, made.source, made.function)
+
+    def settle(kept: str, measured) -> None:
+        remember(key, measured)
+        made.plan, made.source, made.function = (other.plan, other.source, other.function) if kept == runner else mine
+
+    made.function = Trial((chosen, runner), (made.function, other.function), made.plan.bound.device, settle)
 
 
 lookup = functools.lru_cache(maxsize=CACHE_SIZE)(build)

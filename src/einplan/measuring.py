@@ -1,0 +1,126 @@
+"""Close calls, measured: when the cost model's two cheapest lowerings are near, time both.
+
+The cost model's estimates miss by 1.3x to 3x on some signatures (a batched dot
+product priced within 3% of a bmm ran 3x faster; outer products, 3x3 batched
+matmuls).  Where a plan's one contraction step has a runner-up within
+:data:`CLOSE` of the winner, ``bl``'s first calls on that signature alternate
+between the two plans on the caller's own tensors: one warm-up call each, then
+:data:`ROUNDS` timed calls each.  The faster by its median is kept (the
+program's function is replaced, so later calls cost what they always did) and
+recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
+signature reuses.  Both plans compute the same result (each is tested against
+torch), so only which one runs changes.
+
+Off with ``EINPLAN_MEASURE=0`` or ``einplan.set_measuring(False)``: the cost
+model's choice, deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .lowerings import CONTRACTIONS
+
+ENVIRONMENT = "EINPLAN_MEASURE"
+CLOSE = 2.0  # runner-up's estimate within this factor of the winner's: measure both
+ROUNDS = 3  # timed calls of each candidate, after one warm-up call each
+MAX_MEASURED = 4096  # signatures whose measured choice is remembered
+
+_enabled = [True]
+MEASURED: OrderedDict = OrderedDict()  # signature key -> Measured
+
+
+def set_measuring(enabled: bool) -> None:
+    """Turn the measurement of close calls on or off for this process (on by default)."""
+    _enabled[0] = bool(enabled)
+
+
+def measuring_enabled() -> bool:
+    return _enabled[0] and os.environ.get(ENVIRONMENT, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def close_call(plan) -> str | None:
+    """The runner-up lowering of a plan whose one contraction step is a close call, or None."""
+    steps = [s for s in plan.steps if s.kind not in ("prepare", "reduce", "output")]
+    if len(steps) != 1 or steps[0].kind not in CONTRACTIONS:
+        return None
+    (step,) = steps
+    ranked = sorted((c for c in step.candidates if c.lowering in CONTRACTIONS), key=lambda c: c.seconds)
+    if len(ranked) < 2 or ranked[0].lowering != step.kind:
+        return None
+    return ranked[1].lowering if ranked[1].seconds <= CLOSE * max(ranked[0].seconds, 1e-12) else None
+
+
+@dataclass
+class Measured:
+    """What a close call measured: median seconds per lowering, and the one kept."""
+
+    seconds: dict[str, float]
+    kept: str
+
+    def describe(self) -> str:
+        times = ", ".join(f"{name} {s * 1e6:.1f} us" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+        return f"measured on the first calls: {times}; kept {self.kept}"
+
+
+def key_of(bound, memory_limit) -> tuple:
+    """What a measured choice is remembered by: the pattern and every axis's size, the dtype, the
+    device and the memory limit (the plan's options otherwise are the defaults)."""
+    return (bound.resolved.pattern.text, tuple(bound.sizes.items()), bound.dtype, str(bound.device), memory_limit)
+
+
+def remember(key, measured: Measured) -> None:
+    MEASURED[key] = measured
+    MEASURED.move_to_end(key)
+    while len(MEASURED) > MAX_MEASURED:
+        MEASURED.popitem(last=False)
+
+
+@dataclass
+class Trial:
+    """The function of a program on trial: each call runs the next candidate and times it; after
+    the last round, ``settle`` gets the name of the faster candidate and replaces this trial."""
+
+    names: tuple[str, str]
+    functions: tuple[Callable, Callable]
+    device: torch.device
+    settle: Callable[[str, Measured], None]
+    times: dict = field(default_factory=dict)
+    calls: int = 0
+    settled: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, *tensors):
+        with self.lock:
+            turn = self.calls
+            self.calls += 1
+        k = turn % 2
+        if turn < 2 or self.settled:  # a warm-up call, or one racing the settle
+            return self.functions[k](*tensors)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
+        if sync is not None:
+            sync(self.device)
+        start = time.perf_counter()
+        result = self.functions[k](*tensors)
+        if sync is not None:
+            sync(self.device)
+        self._record(self.names[k], time.perf_counter() - start)
+        return result
+
+    def _record(self, name: str, seconds: float) -> None:
+        with self.lock:
+            self.times.setdefault(name, []).append(seconds)
+            if self.settled or any(len(self.times.get(n, ())) < ROUNDS for n in self.names):
+                return
+            self.settled = True
+        medians = {n: statistics.median(self.times[n]) for n in self.names}
+        kept = min(self.names, key=lambda n: medians[n])  # ties keep the cost model's choice (first)
+        self.settle(kept, Measured(medians, kept))

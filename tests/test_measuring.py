@@ -1,0 +1,102 @@
+"""Close calls, measured: which signatures are timed, the trial itself, what is kept and remembered,
+the off switches, and that a settled call costs what it always did."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import einplan
+from einplan import measuring, programs
+from einplan.runtime import plan_for
+
+pytestmark = pytest.mark.usefixtures("shipped_cost_model")
+
+CLOSE = ("b n, b n -> b", (64, 4096), (64, 4096))  # estimates 161 us and 268 us: within 2x
+FAR = ("b n, m n -> b m", (1000, 500), (1000, 500))  # one GEMM, far ahead of a broadcast product
+
+
+@pytest.fixture
+def measuring_on(monkeypatch):
+    monkeypatch.setenv("EINPLAN_MEASURE", "1")
+    measuring.set_measuring(True)
+    measuring.MEASURED.clear()
+    einplan.clear_cache()
+    yield
+    measuring.MEASURED.clear()
+    einplan.clear_cache()
+
+
+def program_of(pattern, *tensors):
+    return programs.lookup(pattern, tuple(map(programs.metadata, tensors)), (), None, None)
+
+
+def test_which_signatures_are_close_calls():
+    pattern, *shapes = CLOSE
+    assert measuring.close_call(plan_for(pattern, *shapes)) == "elementwise-sum"
+    pattern, *shapes = FAR
+    assert measuring.close_call(plan_for(pattern, *shapes)) is None
+    assert measuring.close_call(plan_for("m d, n d -> | max m n", (3000, 64), (3000, 64))) is None  # chunked
+
+
+def test_a_trial_keeps_the_faster_and_returns_every_result():
+    kept = []
+
+    def slow(x):
+        time.sleep(0.004)
+        return x + 1
+
+    trial = measuring.Trial(("slow", "fast"), (slow, lambda x: x + 1), torch.device("cpu"), lambda k, m: kept.append((k, m)))
+    results = [trial(k) for k in range(2 + 2 * measuring.ROUNDS + 2)]
+    assert results == [k + 1 for k in range(len(results))]
+    ((name, measured),) = kept  # settled once
+    assert name == "fast" and measured.seconds["slow"] > measured.seconds["fast"] and "kept fast" in measured.describe()
+
+
+def test_bl_times_a_close_call_then_runs_the_kept_plan_alone(measuring_on):
+    pattern, *shapes = CLOSE
+    a, b = (torch.randn(s) for s in shapes)
+    want = (a * b).sum(-1)
+    assert isinstance(program_of(pattern, a, b).function, measuring.Trial)
+    for _ in range(2 + 2 * measuring.ROUNDS):
+        torch.testing.assert_close(einplan.bl(pattern, a, b), want, rtol=1e-4, atol=1e-3)  # float32 sums of 4096
+    program = program_of(pattern, a, b)
+    (measured,) = measuring.MEASURED.values()
+    assert not isinstance(program.function, measuring.Trial)  # later calls: the compiled function itself
+    assert program.function.__name__ == "einplan_kernel"
+    assert set(measured.seconds) == {"matmul-broadcast", "elementwise-sum"} and measured.kept in measured.seconds
+    assert [s.kind for s in program.plan.steps] == [measured.kept]
+    assert "measured on the first calls" in einplan.explain(pattern, *shapes)
+    einplan.clear_cache()  # a re-plan of the signature runs the kept plan, without a trial
+    again = program_of(pattern, a, b)
+    assert not isinstance(again.function, measuring.Trial) and again.plan.steps[0].kind == measured.kept
+
+
+def test_far_calls_forced_lowerings_and_recorded_calls_are_not_timed(measuring_on):
+    pattern, *shapes = FAR
+    a, b = (torch.randn(s) for s in shapes)
+    assert not isinstance(program_of(pattern, a, b).function, measuring.Trial)
+    pattern, *shapes = CLOSE
+    a, b = (torch.randn(s) for s in shapes)
+    forced = programs.lookup(pattern, tuple(map(programs.metadata, (a, b))), (), "matmul-broadcast", None)
+    assert not isinstance(forced.function, measuring.Trial)
+    compiled = programs.lookup(pattern, tuple(map(programs.metadata, (a, b))), (), None, None, True)
+    assert not isinstance(compiled.function, measuring.Trial)
+
+
+@pytest.mark.parametrize("switch", ["environment", "option"])
+def test_off_switches_keep_the_cost_models_choice(measuring_on, monkeypatch, switch):
+    if switch == "environment":
+        monkeypatch.setenv("EINPLAN_MEASURE", "0")
+    else:
+        einplan.set_measuring(False)
+    pattern, *shapes = CLOSE
+    a, b = (torch.randn(s) for s in shapes)
+    for _ in range(10):
+        einplan.bl(pattern, a, b)
+    program = program_of(pattern, a, b)
+    assert not isinstance(program.function, measuring.Trial) and program.plan.steps[0].kind == "matmul-broadcast"
+    assert not measuring.MEASURED
+    einplan.set_measuring(True)
