@@ -127,7 +127,7 @@ def price(fused: Fused, context: Context) -> Estimate:
     moved = (batch * (m + n) * k) * itemsize + outputs
     base = Estimate(flops=flops, bytes=moved, ops=3 + (2 if fused.reduced else 0), gemm_flops=flops, memory=outputs)
     estimate = base.gemm_eff(context.model, m, n, k)
-    return Estimate(**{**estimate.__dict__, "gemm_efficiency": estimate.gemm_efficiency * GEMM_SHARE})
+    return replace(estimate, gemm_efficiency=estimate.gemm_efficiency * GEMM_SHARE)
 
 
 def blocks(fused: Fused) -> tuple[int, int, int, int, int]:
