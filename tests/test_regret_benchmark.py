@@ -1,0 +1,68 @@
+"""benchmarks/regret.py's smoke run: a few cheap signatures with few repetitions; the per-signature
+table, the summary lines and the JSON come out, without a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "regret.py"
+CHEAP = ("S04", "S09", "S54")  # dot products of 16 and 256, a row max: microseconds a call
+HEADER = ("pattern", "shapes", "default plan", "best lowering", "regret", "default/einsum")
+SUMMARY = (
+    "geometric-mean regret: ",
+    "worst regret: ",
+    "signatures more than 1.2x off the best lowering: ",
+    "signatures more than 1.1x slower than torch.einsum: ",
+    "worst 5:",
+)
+
+
+def load_regret():
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("regret_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_prints_table_and_summary(tmp_path):
+    out_json = tmp_path / "regret.json"
+    command = [sys.executable, str(SCRIPT), "--quick", "--constants", "shipped", "--out", str(out_json)]
+    for sid in CHEAP:
+        command += ["--only", sid]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output, output
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("id "))
+    assert all(word in header for word in HEADER), header
+    for sid in CHEAP:
+        assert any(line.startswith(sid + " ") for line in proc.stdout.splitlines()), output
+    for line in SUMMARY:
+        assert line in proc.stdout, output
+    assert "constants: shipped" in proc.stdout and "CPU: " in proc.stdout
+    data = json.loads(out_json.read_text())
+    assert [s["id"] for s in data["signatures"]] == list(CHEAP)
+    assert data["constants"] == "shipped" and data["summary"]["with_regret"] == len(CHEAP)
+    for s in data["signatures"]:
+        assert "default" in s["timings"] and s["regret"] > 0 and s["best_lowering"].startswith("lowering=")
+
+
+def test_signatures_are_held_out_and_einsum_translation():
+    regret = load_regret()
+    sigs = regret.SIGNATURES
+    assert len(sigs) >= 50 and len({s.label for s in sigs}) == len(sigs)
+    assert all(len(s.shapes) == s.pattern.split("->")[0].count(",") + 1 for s in sigs)
+    assert regret.einsum_equation("b h q d, b h k d -> b h q k") == "abcd,abed->abce"
+    assert regret.einsum_equation("n, n ->") == "a,a->"
+    assert regret.einsum_equation("b n, n n, b n -> b") is None  # a chain link, not einsum's diagonal
+    assert regret.einsum_equation("q d, k d -> q | logsumexp k") is None
+    assert regret.einsum_equation("b (h d) -> b h d") is None
