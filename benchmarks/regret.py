@@ -451,9 +451,12 @@ def use_constants(mode: str, close_calls: str) -> None:
 def constants_origin() -> str:
     """What the cost model's constants are, as einplan says (its own words, where it has them)."""
     try:
-        from einplan.cost import load_model
+        try:
+            from einplan.calibration import model_for  # the constants planning uses, calibrated or not
+        except ImportError:
+            from einplan.cost import load_model as model_for
 
-        return str(getattr(load_model("cpu"), "origin", "unknown"))
+        return str(getattr(model_for("cpu"), "origin", "unknown"))
     except Exception as exc:  # the cost module's internals are not an API: report, not fail
         return f"unknown ({type(exc).__name__})"
 
