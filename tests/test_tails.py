@@ -79,6 +79,21 @@ def test_a_clause_over_every_axis_keeps_the_last_step_in_chunks():
     torch.testing.assert_close(got, torch.einsum("ai,aj,ij->ij", *tensors).amax())
 
 
+@pytest.mark.parametrize(
+    ("pattern", "equation", "shapes"),
+    [
+        ("b n, n n, b n -> b", "bn,nm,bm->b", [(10, 60), (60, 60), (10, 60)]),
+        ("a b, b c, c d -> a d", "ab,bc,cd->ad", [(10, 30), (30, 50), (50, 8)]),
+    ],
+)
+def test_a_forced_lowering_whose_own_temporary_exceeds_the_limit(pattern, equation, shapes):
+    """Forced elementwise-sum broadcasts a product larger than the limit while every step's result
+    fits: nothing to cut, the forced plan runs (it raised StopIteration)."""
+    tensors = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    got = einplan.bl(pattern, *tensors, lowering="elementwise-sum", memory_limit=8192)
+    torch.testing.assert_close(got, torch.einsum(equation, *tensors), rtol=1e-10, atol=1e-10)
+
+
 def test_without_a_limit_the_chain_is_one_step_each():
     kinds = [s.kind for s in plan_for("a i, a j, i j ->", (30, 40), (30, 50), (40, 50)).steps]
     assert CHUNKED not in kinds

@@ -80,7 +80,9 @@ def _axis(tail: Tail, oversized: tuple[str, ...]) -> str | None:
 def plan(tail: Tail, context: Context, limit: int):
     """(statements, the result value, the estimate, a description), or None when cutting cannot help."""
     estimates, _, final, results = _steps(tail, tail.sizes, context)
-    oversized = next(axes for axes, size in results if size > limit)
+    oversized = next((axes for axes, size in results if size > limit), None)
+    if oversized is None:  # what exceeds the limit is a lowering's own temporary, not a result to cut
+        return None
     axis = _axis(tail, oversized)
     if axis is None or (tail.clauses and tail.clauses[-1][0] in ARG_REDUCERS and len(tail.clauses[-1][1]) > 1):
         return None  # no axis to cut, or a clause that returns one index tensor per axis
