@@ -186,7 +186,9 @@ def _measure_close_call(made: Program, forced: Callable[[str], Program]) -> None
         other = forced(known.kept if known is not None else runner)  # type: ignore[arg-type]
     except EinplanError:
         return
-    chosen = next(s.kind for s in made.plan.steps if s.kind in CONTRACTIONS)
+    chosen = next((s.kind for s in made.plan.steps if s.kind in CONTRACTIONS), None)
+    if chosen is None:
+        return
     if known is not None:
         if known.kept != chosen:
             made.plan, made.source, made.function = other.plan, other.source, other.function
