@@ -180,18 +180,15 @@ def _measure_close_call(made: Program, forced: Callable[[str], Program]) -> None
     key = key_of(made.plan.bound, made.plan.options.memory_limit)
     known = MEASURED.get(key)
     runner = close_call(made.plan)
-    if runner is None and known is None:
+    chosen = next((s.kind for s in made.plan.steps if s.kind in CONTRACTIONS), None)
+    if chosen is None or (runner is None and known is None) or (known is not None and known.kept == chosen):
         return
     try:
         other = forced(known.kept if known is not None else runner)  # type: ignore[arg-type]
     except EinplanError:
         return
-    chosen = next((s.kind for s in made.plan.steps if s.kind in CONTRACTIONS), None)
-    if chosen is None:
-        return
-    if known is not None:
-        if known.kept != chosen:
-            made.plan, made.source, made.function = other.plan, other.source, other.function
+    if known is not None:  # measured before: the kept plan, without a trial
+        made.plan, made.source, made.function = other.plan, other.source, other.function
         return
     assert runner is not None
 
