@@ -136,3 +136,26 @@ def test_a_real_calibration_is_quick_and_sane(tmp_path):
     assert float(seconds) < 10 and "calibrated on first use" in origin
     assert all(0 < float(v) < float("inf") for v in constants.split())
     assert (tmp_path / "device_models.json").exists()
+
+
+def test_the_last_level_cache_is_read_from_the_machine(tmp_path, monkeypatch):
+    """tune and calibration price working sets that fit this CPU's largest cache at its measured speed."""
+    for index, size in enumerate(["32K", "1024K", "32768K"]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "size").write_text(size + "\n")
+    monkeypatch.setattr(cost.glob, "glob", lambda pattern: sorted(str(p / "size") for p in tmp_path.iterdir()))
+    assert cost.last_level_cache(0.0) == 32 * 2**20
+    monkeypatch.setattr(cost.glob, "glob", lambda pattern: [])
+    assert cost.last_level_cache(0.0) == 0.0  # nothing to read: no such level
+
+
+def test_a_working_set_in_the_last_level_cache_moves_at_its_speed():
+    from einplan.cost import Estimate
+
+    model = replace(cost.CPU, cache_bytes=4e6, cache_speedup=4.0, llc_bytes=32e6, llc_speedup=3.0)
+    seconds = {n: model.breakdown(Estimate(bytes=n))["memory traffic"] for n in (2e6, 16e6, 64e6)}
+    assert seconds[2e6] == pytest.approx(2e6 / (model.bandwidth * 4.0))
+    assert seconds[16e6] == pytest.approx(16e6 / (model.bandwidth * 3.0))
+    assert seconds[64e6] == pytest.approx(64e6 / model.bandwidth)
+    assert cost.CPU.llc_bytes == 0.0  # the shipped constants have no such level: their plans are unchanged

@@ -9,6 +9,7 @@ GPU's under its name too.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -41,6 +42,10 @@ class DeviceModel:
     # FLOP/s of a bfloat16 matmul (float32 accumulation), which screens max/min/argmax/argmin of a
     # large product; 0 where it is not fast (see reductions.SCREEN_MIN_SPEEDUP)
     screen_rate: float = 0.0
+    # the last-level cache: working sets above ``cache_bytes`` and below this move this much faster
+    # than from memory (0: no such level; measured with the CPU's cache size by tune and calibration)
+    llc_bytes: float = 0.0
+    llc_speedup: float = 0.0
     # where the constants come from, for explain: not a constant, and not compared
     origin: str = field(default="shipped constants", compare=False)
 
@@ -49,6 +54,8 @@ class DeviceModel:
         bandwidth = self.bandwidth
         if estimate.bytes <= self.cache_bytes:
             bandwidth *= self.cache_speedup
+        elif estimate.bytes <= self.llc_bytes:
+            bandwidth *= max(self.llc_speedup, 1.0)
         return {
             "torch ops": estimate.ops * self.op_overhead,
             "GEMM": estimate.gemm_flops / max(self.gemm_rate * estimate.gemm_efficiency, 1.0),
@@ -143,7 +150,7 @@ CUDA = DeviceModel(
 DEFAULTS = {"cpu": CPU, "cuda": CUDA}
 CONSTANTS = tuple(f.name for f in fields(DeviceModel) if f.name not in ("kind", "origin"))
 # constants a model may hold as 0: no bfloat16 screen, no small-matrix loop kernel (a GPU's)
-MAY_BE_ZERO = ("screen_rate", "loop_limit", "loop_matrix", "loop_fma", "loop_output")
+MAY_BE_ZERO = ("screen_rate", "loop_limit", "loop_matrix", "loop_fma", "loop_output", "llc_bytes", "llc_speedup")
 
 
 def cache_file() -> Path:
@@ -302,6 +309,21 @@ def _loop_constants(timed, opts, op_overhead: float, base: DeviceModel) -> dict:
     return {"loop_fma": loop_fma, "loop_output": loop_output, "loop_matrix": max(loop[1, 1, 1] - loop_fma - loop_output, 1e-12)}
 
 
+def last_level_cache(default: float) -> float:
+    """The size in bytes of this CPU's largest cache (Linux: sysfs), else ``default``."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text[:-1] if scale != 1 else text
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return float(max(sizes)) if sizes else default
+
+
 def _memory_constants(timed, opts, op_overhead: float, quick: bool) -> dict:
     """Bandwidth, the speed-up in cache, and the rates of long and short reductions."""
     big = 1 << (22 if quick else 24)
@@ -310,6 +332,12 @@ def _memory_constants(timed, opts, op_overhead: float, quick: bool) -> dict:
     cached = 1 << 14
     u, v = x[:cached].clone(), y[:cached].clone()
     cache_speedup = max(1.0, 3 * cached * 4 / max(timed(lambda: u * v, 100) - op_overhead, 1e-9) / bandwidth)
+    llc_bytes = last_level_cache(0.0)
+    llc_speedup = 0.0
+    if llc_bytes > 2 * 3 * 4 * cached:  # three arrays in half the last-level cache, beyond the first level
+        inside = min(big, int(llc_bytes) // (2 * 3 * 4))
+        p, q = x[:inside].clone(), y[:inside].clone()
+        llc_speedup = max(1.0, 3 * inside * 4 / max(timed(lambda: p * q, 20) - op_overhead, 1e-9) / bandwidth)
     # in cache, a long reduction prices the multiply-add per element ...
     m, w = u.reshape(-1, 256), v.reshape(-1, 256)
     elementwise_time = timed(lambda: (m * w).sum(-1), 100) - 2 * op_overhead
@@ -320,6 +348,8 @@ def _memory_constants(timed, opts, op_overhead: float, quick: bool) -> dict:
     return {
         "bandwidth": bandwidth,
         "cache_speedup": cache_speedup,
+        "llc_bytes": llc_bytes if llc_speedup else 0.0,
+        "llc_speedup": llc_speedup,
         "elementwise_rate": elementwise_rate,
         "reduce_overhead": max(short_time / short.shape[0], 1e-12),
     }
