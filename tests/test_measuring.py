@@ -41,6 +41,23 @@ def test_which_signatures_are_close_calls():
     assert measuring.close_call(plan_for("m d, n d -> | max m n", (3000, 64), (3000, 64))) is None  # chunked
 
 
+def test_a_chain_is_measured_against_its_closest_steps_runner_up_on_every_step(measuring_on):
+    """``b i, b i j, b j -> b`` (float64): a batched matvec, then dot products, both matmuls; the
+    closest call's runner-up is elementwise-sum, and the alternative plan forces it on both steps."""
+    shapes = ((256, 64), (256, 64, 64), (256, 64))
+    tensors = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    plan = plan_for("b i, b i j, b j -> b", *tensors)
+    assert measuring.label(plan) == "matmul-broadcast + matmul-broadcast"
+    runner = measuring.close_call(plan)
+    assert runner == "elementwise-sum"
+    want = torch.einsum("bi,bij,bj->b", *tensors)
+    for _ in range(2 + 2 * measuring.ROUNDS):
+        torch.testing.assert_close(einplan.bl("b i, b i j, b j -> b", *tensors), want)
+    (measured,) = measuring.MEASURED.values()
+    assert set(measured.seconds) == {"matmul-broadcast + matmul-broadcast", runner}
+    assert "measured on the first calls" in einplan.explain("b i, b i j, b j -> b", *tensors)
+
+
 def test_a_trial_keeps_the_faster_and_returns_every_result():
     kept = []
 

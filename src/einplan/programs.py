@@ -22,8 +22,7 @@ from . import plan as planner
 from .bind import MAX_SIZE, bind, check_size
 from .calibration import model_for
 from .errors import EinplanError, ShapeError
-from .lowerings import CONTRACTIONS
-from .measuring import MEASURED, Trial, close_call, key_of, measuring_enabled, remember
+from .measuring import MEASURED, Trial, close_call, key_of, label, measuring_enabled, remember
 from .plan import check_memory_limit
 from .resolve import resolve
 from .signatures import NO_AXES, jaxtyping_check
@@ -180,7 +179,7 @@ def _measure_close_call(made: Program, forced: Callable[[str], Program]) -> None
     key = key_of(made.plan.bound, made.plan.options.memory_limit)
     known = MEASURED.get(key)
     runner = close_call(made.plan)
-    chosen = next((s.kind for s in made.plan.steps if s.kind in CONTRACTIONS), None)
+    chosen = label(made.plan)
     if chosen is None or (runner is None and known is None) or (known is not None and known.kept == chosen):
         return
     try:
