@@ -149,7 +149,7 @@ def read_back(candidate: Candidate, step: Contraction, model: DeviceModel) -> Ca
 # --- the code that launches it ------------------------------------------------------------------
 
 
-def _operand(fused: Fused, value: Value, middle: tuple[str, ...], var: str, role: str) -> ir.Assign:
+def _operand(fused: Fused, value: Value, middle: tuple[str, ...], var: str) -> ir.Assign:
     """``value`` as a 3-d view (batch, rows or columns, contracted): a copy only when its strides
     cannot merge the axes."""
     order = fused.batch + middle + fused.contracted
@@ -177,7 +177,7 @@ def emit(fused: Fused, context: Context, ties: bool = False) -> tuple[list, list
     names = context.names
     kernel = names.fresh("fused")
     a, b = names.fresh("a"), names.fresh("b")
-    statements: list = [_operand(fused, fused.a, fused.rows, a, "rows"), _operand(fused, fused.b, fused.cols, b, "columns")]
+    statements: list = [_operand(fused, fused.a, fused.rows, a), _operand(fused, fused.b, fused.cols, b)]
     every = frozenset(fused.batch + fused.rows + fused.cols)
     batch, m = fused.size(fused.batch), fused.size(fused.rows)
     ties = ties and fused.reducer in ("max", "min")
