@@ -25,9 +25,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import backward, ir
-from . import chunking as cutting
-from .chunking import Job
-from .clauses import ARG_REDUCERS, apply_clauses, clause_dtype, index_per_axis, new_tensor, sized
+from .chunking import Chunking, Job
+from .clauses import ARG_REDUCERS, REDUCE_CALLS, aligned, apply_clauses, clause_dtype, index_per_axis, new_tensor, sized
 from .contraction import Candidate, Context, Contraction, Value, numel
 from .cost import DeviceModel, Estimate
 from .triton_source import kernel_source
@@ -246,27 +245,19 @@ def _reduce_rows(fused: Fused, value: str, ties: str | None, dims: tuple, names)
     """The reduction over the clause's row axes, of the per-row results: (statements, the
     result, and for a max/min the ties added up over the rows that reach the extreme)."""
     arg = ir.Const(dims[0] if len(dims) == 1 else dims)
-    calls = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
-    if fused.reducer not in calls:  # sum, mean: the row sums added up
+    if fused.reducer not in REDUCE_CALLS:  # sum, mean: the row sums added up
         return [], ir.Method(ir.Var(value), "sum", (arg,)), None
-    reduced: ir.Expr = ir.Call(calls[fused.reducer], (ir.Var(value), arg))
+    reduced: ir.Expr = ir.Call(REDUCE_CALLS[fused.reducer], (ir.Var(value), arg))
     if ties is None:
         return [], reduced, None
     extreme, total = names.fresh("t"), names.fresh("ties")
-    at = ir.BinOp("==", ir.Var(value), _kept_dims(ir.Var(extreme), fused))
+    at = ir.BinOp("==", ir.Var(value), aligned(Value(extreme, fused.kept), fused.batch + fused.rows))
     counted = ir.Method(ir.Call("torch.where", (at, ir.Var(ties), ir.Const(0.0))), "sum", (arg,))
     statements = [
         ir.Assign(extreme, reduced, f"the {fused.reducer} over {' '.join(fused.reduced)}"),
         ir.Assign(total, counted, "the ties of the rows that reach it"),
     ]
     return statements, ir.Var(extreme), total
-
-
-def _kept_dims(value: ir.Expr, fused: Fused) -> ir.Expr:
-    """A per-kept-axis result broadcast back against the (batch, rows) layout."""
-    layout = fused.batch + fused.rows
-    items = tuple(ir.SLICE if x in fused.kept else None for x in layout)
-    return ir.Index(value, items) if None in items else value
 
 
 def _arg_pass(fused: Fused, views: dict, names) -> tuple[list, list[Value]]:
@@ -312,9 +303,9 @@ class Planned:
     backward: str = ""
 
 
-def plan_step(job: Job, context: Context, budget: int) -> Planned | None:
-    """The job's step and its first clause in one kernel (its backward in chunks, when autograd
-    records the call), the clauses after it in torch; None when the kernel cannot do it."""
+def plan_step(job: Job, context: Context, chunking: Chunking | None) -> Planned | None:
+    """The job's step and its first clause in one kernel (its backward over ``chunking``, when
+    autograd records the call), the clauses after it in torch; None when the kernel cannot do it."""
     step, clauses = job.step, job.clauses
     fused, _ = fit(step, clauses[0], job.device)
     if fused is None or not available(job.device):
@@ -332,7 +323,6 @@ def plan_step(job: Job, context: Context, budget: int) -> Planned | None:
         return statements, results
 
     if context.options.grad and fused.reducer not in ARG_REDUCERS:
-        chunking = cutting.price(job, context, budget)
         if chunking is None or not backward.differentiable(chunking, job):
             return None
         statements, results, remaining, function = backward.emit(chunking, job, context, forward)

@@ -272,12 +272,12 @@ def _fused(planning: _Planning, step: Contraction, estimate: Estimate, candidate
         return None
     budget = min(planning.limit, CHUNK_BYTES)
     job = _job(planning, step)
-    planned = fused.plan_step(job, context, budget)
+    chunking = cutting.price(job, context, budget)  # the alternative, and the backward's chunks
+    planned = fused.plan_step(job, context, chunking)
     if planned is None:
         return None
     model = context.model
     others = [fused.read_back(c, step, model) for c in candidates]  # a product in memory is read again to reduce it
-    chunking = cutting.price(job, context, budget)
     if chunking is not None:
         chunked = chunking.estimate(planning.clauses)
         others.append(Candidate(CHUNKED, chunked, model.seconds(chunked)))
@@ -328,8 +328,7 @@ def _tail(planning: _Planning, values: tuple, path, candidates) -> tuple[Step, l
     """The rest of the path in chunks of one axis, when a step before the last would exceed the
     limit (see :mod:`einplan.tails`): (step, result values), or None when cutting cannot help."""
     bound = planning.bound
-    output = frozenset(bound.output_axes)
-    tail = tails.Tail(values, tuple(path), planning.keep, dict(bound.sizes), planning.rank, bound.dtype, planning.clauses, output)
+    tail = tails.Tail(values, tuple(path), planning.keep, dict(bound.sizes), planning.rank, bound.dtype, planning.clauses)
     done = tails.plan(tail, planning.context, planning.limit)
     if done is None:
         return None

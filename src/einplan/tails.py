@@ -39,7 +39,11 @@ class Tail:
     rank: Callable[[str], tuple]
     dtype: torch.dtype
     clauses: tuple = ()  # applied to each chunk's rows
-    output: frozenset = frozenset()  # the axes the clauses keep
+
+    @property
+    def output(self) -> frozenset:
+        """The axes the clauses keep: ``keep`` less every clause's axes."""
+        return self.keep.difference(*(ids for _, ids in self.clauses))
 
 
 def _steps(tail: Tail, sizes, context: Context, free=frozenset(), emit: bool = False):
