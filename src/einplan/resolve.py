@@ -60,6 +60,7 @@ class Resolved:
     inputs: tuple[tuple[Item, ...], ...]
     output: tuple[Item, ...]
     clauses: tuple[tuple[str, tuple[str, ...]], ...]
+    chains: bool = True  # False: torch.einsum's reading, a repeated name is always a diagonal
 
     @property
     def primed(self) -> str:
@@ -142,8 +143,11 @@ class _Primes:
         return text
 
 
-def _chain_ids(pattern: Pattern) -> tuple[list[list[str]], dict[str, list[str]]]:
-    """Axis ids of each input occurrence, and for each chain name its ids in order."""
+def _chain_ids(pattern: Pattern, chains_on: bool = True) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """Axis ids of each input occurrence, and for each chain name its ids in order.
+
+    With ``chains_on`` False (torch.einsum's reading) no name is a chain: a name repeated
+    inside one operand is always a diagonal."""
     per_operand = [_flat_names(op.axes) for op in pattern.inputs]
     counts: list[dict[str, int]] = [{} for _ in per_operand]
     for occurrences, count in zip(per_operand, counts, strict=True):
@@ -151,6 +155,8 @@ def _chain_ids(pattern: Pattern) -> tuple[list[list[str]], dict[str, list[str]]]
             count[_text(axis)] = count.get(_text(axis), 0) + 1
     texts = {t for count in counts for t in count}
     chains = {t for t in texts if any(c.get(t, 0) >= 2 for c in counts) and sum(1 for c in counts if t in c) >= 2}
+    if not chains_on:
+        chains = set()
     used = texts | {_text(a) for a in _flat_names(pattern.output.axes)}
     for clause in pattern.clauses:
         used |= {n.text for n in clause.names}
@@ -339,13 +345,16 @@ def _validate(pattern: Pattern, inputs, output, clauses) -> None:
 
 
 @functools.lru_cache(maxsize=2048)
-def resolve(pattern_text: str) -> Resolved:
-    """Parse and resolve a pattern (cached: patterns recur)."""
+def resolve(pattern_text: str, chains: bool = True) -> Resolved:
+    """Parse and resolve a pattern (cached: patterns recur).
+
+    ``chains=False`` reads a name repeated inside one operand as torch.einsum does: always a
+    diagonal, whatever the other operands hold."""
     pattern = parse(pattern_text)
-    input_ids, chains = _chain_ids(pattern)
-    output_ids, clause_ids = _resolve_output(pattern, chains, input_ids)
+    input_ids, chain_names = _chain_ids(pattern, chains)
+    output_ids, clause_ids = _resolve_output(pattern, chain_names, input_ids)
     inputs = tuple(_rebuild(op.axes, iter(ids), pattern) for op, ids in zip(pattern.inputs, input_ids, strict=True))
     output = _rebuild(pattern.output.axes, iter(output_ids), pattern)
     clauses = tuple((c.reducer, tuple(ids)) for c, ids in zip(pattern.clauses, clause_ids, strict=True))
     _validate(pattern, inputs, output, clauses)
-    return Resolved(pattern, inputs, output, clauses)
+    return Resolved(pattern, inputs, output, clauses, chains)
