@@ -26,7 +26,7 @@ import torch
 from . import chunks, ir
 from .chunking import BACKWARD_TEMPORARIES, TEMPORARIES, Chunking, Job, human_bytes
 from .chunks import Loops
-from .clauses import ARG_REDUCERS, DEVICE_OF, reduce_clause
+from .clauses import ARG_REDUCERS, DEVICE_OF, WHOLE_ONLY, reduce_clause
 from .contraction import Context, Contraction, Options, Value, describe, numel
 from .lowerings import REGISTRY, align, choose
 
@@ -38,7 +38,7 @@ def differentiable(chunking: Chunking, job: Job) -> bool:
     """Whether the step has a gradient to compute in chunks: floating inputs, and no argmax/argmin."""
     if job.step.dtype not in FLOATING or chunking.style == "running-arg":
         return False
-    return not any(reducer in ARG_REDUCERS for reducer, _ in job.clauses)
+    return not any(reducer in ARG_REDUCERS or reducer in WHOLE_ONLY for reducer, _ in job.clauses)
 
 
 def _clauses_of(chunking: Chunking, job: Job) -> tuple:

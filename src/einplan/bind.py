@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import PatternError, ShapeError
-from .resolve import Ax, Comp, Ell, One, Resolved, axes_of, spell_item
+from .errors import PatternError, ShapeError, at
+from .resolve import Ax, Comp, Ell, One, Resolved, axes_of, is_group, spell_item
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class Bound:
     bases: dict[str, str] = field(default_factory=dict)
     # each ellipsis group's dim ids, in order (empty: the group covers no dims)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # output axes in no input (einops' repeat), broadcast after the clauses; sizes in ``sizes``
+    created: tuple[str, ...] = ()
+    # the result's axes before the final reshape, created ones included
+    layout: tuple[str, ...] = ()
 
     @property
     def kept(self) -> frozenset[str]:
@@ -104,14 +108,19 @@ class _Sizes:
         return result
 
 
-def _split_composites(resolved, comps: list[tuple[Comp, int, str]], sizes: _Sizes) -> None:
+def _part_bases(comp: Comp, group_sizes: dict[str, int]) -> list[str]:
+    """The bases of a composite's parts; a group stands for its dims' product (a fixed size)."""
+    return [p.base if isinstance(p, Ax) else str(group_sizes[p.group]) if isinstance(p, Ell) else "1" for p in comp.parts]
+
+
+def _split_composites(resolved, comps: list[tuple[Comp, int, str]], sizes: _Sizes, group_sizes: dict[str, int]) -> None:
     """Infer the unknown part of each composite ``(h d)`` dim from its size."""
     pending = list(comps)
     while pending:
         progress = False
         for entry in list(pending):
             comp, total, where = entry
-            bases = [p.base if isinstance(p, Ax) else "1" for p in comp.parts]
+            bases = _part_bases(comp, group_sizes)
             unknown = [b for b in bases if sizes.known(b) is None]
             known_product = math.prod(sizes.known(b) or 0 for b in bases if b not in unknown)
             if len(set(unknown)) > 1:
@@ -245,8 +254,19 @@ def _bind_operand(resolved, index, items, shape, per, longest, ell_sizes, sizes,
         else:
             comps.append((item, size, where))
             changed = True
-            axes.extend(p.id for p in item.parts if isinstance(p, Ax))
+            axes.extend(_part_ids(item, longest))
     return axes, changed
+
+
+def _part_ids(comp: Comp, longest: dict[str, int]) -> list[str]:
+    """The axis ids a composite is made of, in order; a group inside it gives each of its dims."""
+    ids: list[str] = []
+    for part in comp.parts:
+        if isinstance(part, Ax):
+            ids.append(part.id)
+        elif isinstance(part, Ell):
+            ids.extend(_ell_id(part.group, k) for k in range(longest[part.group]))
+    return ids
 
 
 MAX_SIZE = 2**63 - 1  # the largest size of a torch dim
@@ -265,7 +285,7 @@ def _check_call(resolved: Resolved, shapes, keywords: dict[str, int]) -> None:
     pattern = resolved.pattern
     if len(shapes) != len(resolved.inputs):
         raise ShapeError(f"'{pattern.source}' has {len(resolved.inputs)} operand(s), but {len(shapes)} tensor(s) were given")
-    all_bases = {a.base for items in resolved.inputs for a in axes_of(items)}
+    all_bases = {a.base for items in (*resolved.inputs, resolved.output) for a in axes_of(items)}
     for name, value in keywords.items():
         if name not in all_bases:
             raise PatternError(f"size given for axis {name!r}, which '{pattern.source}' does not have")
@@ -285,14 +305,70 @@ def _longest(resolved: Resolved, lengths: list[dict[str, int]]) -> dict[str, int
 
 
 def _id_sizes(resolved: Resolved, base_sizes: dict[str, int], ell_sizes: dict[str, int], groups):
-    """Every axis id's size and base: the ellipsis dims first, then the inputs' axes."""
+    """Every axis id's size and base: the ellipsis dims first, then the inputs' axes, then the
+    output's created axes (sized by a keyword or a literal)."""
     sizes = dict(ell_sizes)
     bases = {dim_id: group for group, ids in groups.items() for dim_id in ids}
     for items in resolved.inputs:
         for axis in axes_of(items):
             sizes[axis.id] = int(axis.base) if axis.base.isdigit() else base_sizes[axis.base]
             bases[axis.id] = axis.base
+    for axis in axes_of(resolved.output):
+        if axis.id not in sizes:  # created: check_created saw its size given
+            sizes[axis.id] = int(axis.base) if axis.base.isdigit() else base_sizes[axis.base]
+            bases[axis.id] = axis.base
     return sizes, bases
+
+
+def check_created(resolved: Resolved, keywords) -> None:
+    """Each output axis in no input is created (einops' repeat): a literal size, or a name whose
+    size is a keyword; a name another input axis shares (``a' -> a``) is refused, as a typo is."""
+    bases = {a.base for items in resolved.inputs for a in axes_of(items)}
+    for axis in axes_of(resolved.output):
+        if axis.id not in resolved.created or axis.base.isdigit():
+            continue
+        if axis.base in bases or axis.id != axis.base:
+            hint = f" (the inputs have {', '.join(sorted(i for i in _ids(resolved) if i.rstrip(chr(39)) == axis.base))})"
+            raise at(PatternError, resolved.pattern.source, axis.column, f"output axis {axis.id!r} is in no input{hint}")
+        if axis.base not in keywords:
+            raise at(
+                PatternError,
+                resolved.pattern.source,
+                axis.column,
+                f"output axis {axis.id!r} is in no input: to create it (a broadcast copy, as einops' repeat), give its size, e.g. {axis.base}=2",
+            )
+
+
+def _ids(resolved: Resolved) -> set[str]:
+    return {a.id for items in resolved.inputs for a in axes_of(items)}
+
+
+def _clauses(resolved: Resolved, groups: dict[str, tuple[str, ...]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The clauses with each group (``...``, ``*r``) spelled as its dims; a clause left with no
+    axis is dropped (it reduces nothing), except an argmax/argmin, which has no index to return."""
+    clauses = []
+    for reducer, ids in resolved.clauses:
+        dims = tuple(d for i in ids for d in (groups.get(i, ()) if is_group(i) else (i,)))
+        if not dims and reducer in ("argmax", "argmin"):
+            raise ShapeError(
+                f"{reducer} over {' '.join(ids)}, which covers no dims, has no index to return (in '{resolved.pattern.source}')"
+            )
+        if dims:
+            clauses.append((reducer, dims))
+    return tuple(clauses)
+
+
+def _check_group_lengths(resolved: Resolved, longest: dict[str, int]) -> None:
+    """A group inside an input's composite, ``(b ...)``, needs its dims from a bare occurrence."""
+    for index, items in enumerate(resolved.inputs):
+        for item in items:
+            for part in item.parts if isinstance(item, Comp) else ():
+                if isinstance(part, Ell) and part.group not in longest:
+                    raise ShapeError(
+                        f"the dims of {part.group!r} inside {spell_item(item)} of {resolved.operand(index)} cannot be "
+                        f"read off one dim; write {part.group!r} on its own in another operand, or split it by "
+                        f"names with keyword sizes (in '{resolved.pattern.source}')"
+                    )
 
 
 def _output(resolved: Resolved, groups: dict[str, tuple[str, ...]], id_sizes: dict[str, int]):
@@ -311,7 +387,7 @@ def _output(resolved: Resolved, groups: dict[str, tuple[str, ...]], id_sizes: di
             output_axes.append(item.id)
             output_shape.append(id_sizes[item.id])
         else:
-            ids = [p.id for p in item.parts if isinstance(p, Ax)]
+            ids = _part_ids(item, {group: len(dims) for group, dims in groups.items()})
             output_axes.extend(ids)
             output_shape.append(math.prod(id_sizes[i] for i in ids))
             reshaped = True
@@ -325,10 +401,12 @@ def _output(resolved: Resolved, groups: dict[str, tuple[str, ...]], id_sizes: di
 
 def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, keywords: dict[str, int]) -> Bound:
     """Bind a resolved pattern to operand shapes; raise ShapeError on any disagreement."""
+    check_created(resolved, keywords)
     _check_call(resolved, shapes, keywords)
     lengths = _ellipsis_lengths(resolved, shapes)
     ell_sizes = _broadcast_ellipses(resolved, shapes, lengths)
     longest = _longest(resolved, lengths)
+    _check_group_lengths(resolved, longest)
     sizes = _Sizes(resolved, keywords)
     comps: list = []
     raw = [
@@ -336,21 +414,24 @@ def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, key
         for i, (items, shape) in enumerate(zip(resolved.inputs, shapes, strict=True))
     ]
     sizes.check()  # direct disagreements first: they are the real cause
-    _split_composites(resolved, comps, sizes)
     groups = {group: tuple(_ell_id(group, k) for k in range(n)) for group, n in longest.items()}
+    _split_composites(resolved, comps, sizes, {g: math.prod(ell_sizes[i] for i in ids) for g, ids in groups.items()})
     id_sizes, bases = _id_sizes(resolved, sizes.check(), ell_sizes, groups)
     operands = tuple(BoundOperand(tuple(id_sizes[a] for a in axes) if changed else None, tuple(axes)) for axes, changed in raw)
-    output_axes, output_shape = _output(resolved, groups, id_sizes)
+    layout, output_shape = _output(resolved, groups, id_sizes)
+    created = tuple(a for a in layout if a in resolved.created)
     # ellipsis dims absent from the output are summed, as in torch.einsum
     return Bound(
         resolved=resolved,
         operands=operands,
         sizes=id_sizes,
-        output_axes=output_axes,
+        output_axes=tuple(a for a in layout if a not in created),
         output_shape=output_shape,
-        clauses=resolved.clauses,
+        clauses=_clauses(resolved, groups),
         dtype=dtype,
         device=device,
         bases=bases,
         groups=groups,
+        created=created,
+        layout=layout,
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .clauses import ARG_REDUCERS, MERGE_CALLS
+from .clauses import ARG_REDUCERS, MERGE_CALLS, WHOLE_ONLY
 from .contraction import Context, Contraction
 from .cost import Estimate
 from .lowerings import MATMUL, REGISTRY, MatmulBroadcast, choose
@@ -39,6 +39,7 @@ ROW_TILE_BYTES = 2 * 2**20  # a tile's budget (the GEMM's output plus the clause
 TILE_WIDTH = 512
 DEFAULT_MEMORY_LIMIT = 256 * 2**20  # a step whose intermediate is larger is computed in chunks
 TEMPORARIES = {"logsumexp": 2.0, "mean": 1.0, "sum": 1.0, "max": 1.0, "min": 1.0, "argmax": 1.0, "argmin": 1.0}
+TEMPORARIES.update(dict.fromkeys(WHOLE_ONLY, 1.0))
 # a chunk's backward holds its recomputed product, the weights made from it and a mask or an
 # exp beside them: chunks of rows are priced with this many more chunk-sized temporaries
 BACKWARD_TEMPORARIES = 2.0
@@ -120,8 +121,10 @@ def _chunk_axis(job: Job, budget: int) -> tuple[str, str] | None:
     if outputs:
         axis = max(outputs, key=lambda x: sizes[x])
         one_row = step.numel(step.kept) // max(sizes[axis], 1) * step.dtype.itemsize
-        if not job.clauses or one_row <= budget or len(step.kept) <= 2:  # a 2-D product's rows go in tiles
-            return axis, "output"
+        if not job.clauses or one_row <= budget or len(step.kept) <= 2 or job.clauses[0][0] in WHOLE_ONLY:
+            return axis, "output"  # a 2-D product's rows go in tiles; prod/any/all have no running form
+    if job.clauses and job.clauses[0][0] in WHOLE_ONLY:
+        return None
     if job.clauses:
         reducer, ids = job.clauses[0]
         if reducer in ARG_REDUCERS:

@@ -16,6 +16,8 @@ from .errors import EinplanError, UnsupportedError
 REDUCE_CALLS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
 MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "torch.logaddexp"}
 ARG_REDUCERS = ("argmax", "argmin")
+LOGICAL = ("any", "all")  # -> bool
+WHOLE_ONLY = ("prod", "any", "all")  # no running form: reduced in full, or on chunks of kept rows
 DEVICE_OF = "x0"  # new tensors are made on this input's device
 
 
@@ -23,6 +25,10 @@ def clause_dtype(reducer: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype a clause returns: int64 indices, and a float mean/logsumexp of integers."""
     if reducer in ARG_REDUCERS:
         return torch.int64
+    if reducer in LOGICAL:
+        return torch.bool
+    if reducer == "prod" and not (dtype.is_floating_point or dtype.is_complex):
+        return torch.int64  # torch.prod's promotion of integers and bools
     if reducer in ("logsumexp", "mean") and not (dtype.is_floating_point or dtype.is_complex):
         return torch.get_default_dtype()
     return dtype
@@ -69,6 +75,12 @@ def _reduced_by(reducer: str, source: ir.Expr, dims: tuple[int, ...], dtype: tor
         integer = not (dtype.is_floating_point or dtype.is_complex)
         kwargs = (("dtype", ir.Const(clause_dtype("mean", dtype))),) if integer else ()
         return ir.Method(source, "mean", (arg,), kwargs)
+    if reducer == "prod":  # torch.prod takes one dim: the last first, so the others keep their place
+        for dim in sorted(dims, reverse=True):
+            source = ir.Method(source, "prod", (ir.Const(dim),))
+        return source
+    if reducer in LOGICAL:
+        return ir.Call(f"torch.{reducer}", (source, arg))
     return ir.Call(REDUCE_CALLS[reducer], (source, arg))
 
 

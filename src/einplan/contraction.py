@@ -163,6 +163,10 @@ def _probe(op: str, dtype: torch.dtype) -> None:
     elif op == "mean":
         floating = dtype.is_floating_point or dtype.is_complex
         t.mean(0, dtype=None if floating else torch.get_default_dtype())
+    elif op == "prod":
+        t.prod(0)
+    elif op in ("any", "all"):
+        getattr(torch, op)(t, 0)
     elif op == "matmul":
         torch.matmul(t, t)
     elif op == "addcmul":

@@ -41,6 +41,8 @@ FUNCTIONS = frozenset(
         "torch.exp",
         "torch.zeros_like",
         "torch.get_float32_matmul_precision",
+        "torch.any",
+        "torch.all",
     }
 )
 METHODS = frozenset(
@@ -78,6 +80,7 @@ METHODS = frozenset(
         "exp_",
         "log_",
         "abs",
+        "prod",
     }
 )
 ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad", "needs_input_grad"})

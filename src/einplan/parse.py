@@ -17,7 +17,7 @@ import lark
 
 from .errors import PatternSyntaxError, at
 
-REDUCERS = ("sum", "max", "min", "mean", "logsumexp", "argmax", "argmin")
+REDUCERS = ("sum", "max", "min", "mean", "logsumexp", "argmax", "argmin", "prod", "any", "all")
 MAX_PATTERN_LENGTH = 4096
 MAX_NESTING = 32  # parentheses deeper than this are refused
 
@@ -64,7 +64,7 @@ class Ellipsis_:
 
 @dataclass(frozen=True)
 class Group:
-    """A composite axis ``(h d)``: one dim made of several."""
+    """A composite axis ``(h d)``: one dim made of several; ``()`` is a dim of size 1."""
 
     items: tuple[Axis, ...]
     column: int
@@ -89,10 +89,10 @@ class Operand:
 
 @dataclass(frozen=True)
 class Clause:
-    """A reduction applied after the sum-product: ``| max m n``."""
+    """A reduction applied after the sum-product: ``| max m n``, ``| mean ...``, ``| mean *r``."""
 
     reducer: str
-    names: tuple[Name, ...]
+    names: tuple[Name | Ellipsis_, ...]
     column: int
 
     @property
@@ -182,12 +182,10 @@ def _operand(tree: Any, fallback_column: int) -> Operand:
 
 
 def _clause(tree: Any) -> Clause:
-    reducer, *names = tree.children
-    return Clause(
-        str(reducer),
-        tuple(_name(n) for n in names),
-        _token_column(reducer),
-    )
+    reducer, *trees = tree.children
+    axes = tuple(_axis(a) for a in trees)
+    names = tuple(a for a in axes if isinstance(a, (Name, Ellipsis_)))  # all of them: the grammar allows no other
+    return Clause(str(reducer), names, _token_column(reducer))
 
 
 def _describe_expected(expected: set[str]) -> str:

@@ -19,11 +19,12 @@ from . import chunking as cutting
 from .bind import Bound
 from .calibration import model_for
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
-from .clauses import apply_clauses, check_supported, clause_dtype
+from .clauses import apply_clauses, check_supported, clause_dtype, sized
 from .contraction import Candidate, Context, Contraction, Names, Options, Value, numel, sum_over, take_pair
 from .cost import DeviceModel, Estimate
 from .errors import EinplanError
 from .lowerings import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose, emit_value
+from .resolve import spell_item
 
 __all__ = [
     "CHUNKED",
@@ -112,6 +113,8 @@ def _whole_dims(items) -> list[bool] | None:
         if hasattr(item, "id"):
             whole.append(True)
         elif hasattr(item, "parts"):
+            if any(hasattr(part, "group") for part in item.parts):
+                return None
             whole.extend(False for part in item.parts if hasattr(part, "id"))
         elif hasattr(item, "group"):
             return None
@@ -177,17 +180,44 @@ def _path(values: list[Value], keep, sizes) -> tuple[tuple[int, ...], ...]:
 
 def _finish(value: Value, bound: Bound) -> ir.Expr:
     """Permute to the output's order, then merge composites and add literal 1s."""
-    expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in bound.output_axes))
+    layout = bound.layout or bound.output_axes
+    expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in layout))
     if bound.output_shape is None:
         return expr
     items = bound.resolved.output
-    direct = None if any(hasattr(item, "group") for item in items) else [hasattr(item, "id") for item in items]
-    ids = [item.id if hasattr(item, "id") else "" for item in items] if direct is not None else list(bound.output_axes)
-    free = next((k for k, whole in enumerate(direct or ()) if whole), None)
+    if any(hasattr(item, "group") for item in items):  # each output item is one dim, else no -1
+        return ir.reshape(expr, bound.output_shape, frozenset(layout))
+    ids = [getattr(item, "id", "") for item in items]
+    free = next((k for k, i in enumerate(ids) if i and i not in bound.created), None)
     if free is None:
-        return ir.reshape(expr, bound.output_shape, frozenset(bound.output_axes))
+        return ir.reshape(expr, bound.output_shape, frozenset(layout))
     shape = tuple(-1 if k == free else s for k, s in enumerate(bound.output_shape))
-    return ir.reshape(expr, shape, frozenset(bound.output_axes) - {ids[free]})
+    return ir.reshape(expr, shape, frozenset(layout) - {ids[free]})
+
+
+def _repeat(bound: Bound, values: list[Value], names) -> tuple[list[Step], list[Value]]:
+    """The created output axes (einops' repeat): a broadcast view, copied only where the output
+    merges a created axis with others."""
+    created = bound.created
+    if not created:
+        return [], values
+    copies = [
+        item for item in bound.resolved.output if hasattr(item, "parts") and any(getattr(p, "id", None) in created for p in item.parts)
+    ]
+    what = "a copy, since " + ", ".join(spell_item(c) for c in copies) + " merges a created axis" if copies else "a view, no copy"
+    shape = sized(tuple(bound.sizes[a] if a in created else -1 for a in bound.layout), created)
+    statements, results = [], []
+    for value in values:
+        expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in bound.output_axes))
+        items = [None if a in created else ir.SLICE for a in bound.layout]
+        while items[-1] is ir.SLICE:
+            items.pop()
+        spread = ir.Index(expr, tuple(items))
+        var = names.fresh()
+        statements.append(ir.Assign(var, ir.Method(spread, "expand", (shape,)), f"repeat: {' '.join(created)} new, broadcast ({what})"))
+        results.append(Value(var, bound.layout))
+    description = f"{' '.join(bound.output_axes)} -> {' '.join(bound.layout)}"
+    return [Step("repeat", description, tuple(statements))], results
 
 
 # --- the planner ------------------------------------------------------------------------------
@@ -406,6 +436,8 @@ def build(bound: Bound, options: Options = DEFAULT_OPTIONS, model: DeviceModel |
         (result,) = results
         more, results = _reduce(planning, result)
         steps += more
+    more, results = _repeat(bound, results, context.names)
+    steps += more
     return Plan(
         bound=bound,
         options=options,

@@ -45,9 +45,9 @@ class Ell:
 
 @dataclass(frozen=True)
 class Comp:
-    """A composite axis ``(h d)``; nested groups are flattened."""
+    """A composite axis ``(h d)``, ``(b ...)``; nested groups are flattened."""
 
-    parts: tuple[Ax | One, ...]
+    parts: tuple[Ax | One | Ell, ...]
     column: int
 
 
@@ -61,6 +61,12 @@ class Resolved:
     output: tuple[Item, ...]
     clauses: tuple[tuple[str, tuple[str, ...]], ...]
     chains: bool = True  # False: torch.einsum's reading, a repeated name is always a diagonal
+
+    @property
+    def created(self) -> tuple[str, ...]:
+        """Output axes in no input (einops' ``repeat``): sized by a keyword or a literal, broadcast."""
+        inputs = {a.id for items in self.inputs for a in axes_of(items)}
+        return tuple(a.id for a in axes_of(self.output) if a.id not in inputs)
 
     @property
     def primed(self) -> str:
@@ -80,7 +86,7 @@ class Resolved:
     @property
     def groups(self) -> tuple[str, ...]:
         """The inputs' ellipsis groups (``...``, ``*batch``), in order of appearance."""
-        return tuple(dict.fromkeys(i.group for items in self.inputs for i in items if isinstance(i, Ell)))
+        return tuple(dict.fromkeys(e.group for items in self.inputs for e in ellipses_of(items)))
 
     def operand(self, index: int) -> str:
         """``operand 1 ('n n')``: an input as messages name it."""
@@ -182,21 +188,13 @@ def _rebuild(axes, ids: Iterator[str], pattern: Pattern) -> tuple[Item, ...]:
     """Resolved items of an operand, taking axis ids from ``ids`` in order."""
     items: list[Item] = []
     for axis in axes:
-        if isinstance(axis, Group):
+        if isinstance(axis, Group) and not axis.items:
+            items.append(One(axis.column))  # einops' anonymous axis "()"
+        elif isinstance(axis, Group):
             parts = _rebuild(axis.items, ids, pattern)
             flat: list = []
             for part in parts:
-                if isinstance(part, Comp):
-                    flat.extend(part.parts)
-                elif isinstance(part, Ell):
-                    raise _error(
-                        UnsupportedError,
-                        pattern,
-                        part.column,
-                        "an ellipsis inside a composite axis is not supported",
-                    )
-                else:
-                    flat.append(part)
+                flat.extend(part.parts if isinstance(part, Comp) else (part,))
             items.append(Comp(tuple(flat), axis.column))
         elif isinstance(axis, Ellipsis_):
             items.append(Ell(axis.text, axis.column))
@@ -205,6 +203,22 @@ def _rebuild(axes, ids: Iterator[str], pattern: Pattern) -> tuple[Item, ...]:
         else:
             items.append(Ax(next(ids), _base(axis), axis.column))
     return tuple(items)
+
+
+def ellipses_of(items: Iterable[Item]) -> list[Ell]:
+    """The ellipsis groups of resolved items, looking inside composites."""
+    out: list[Ell] = []
+    for item in items:
+        if isinstance(item, Ell):
+            out.append(item)
+        elif isinstance(item, Comp):
+            out.extend(p for p in item.parts if isinstance(p, Ell))
+    return out
+
+
+def is_group(axis_id: str) -> bool:
+    """Whether a clause's id names an ellipsis group (``...``, ``*r``) rather than one axis."""
+    return axis_id == "..." or axis_id.startswith("*")
 
 
 def axes_of(items: Iterable[Item]) -> list[Ax]:
@@ -247,11 +261,17 @@ def _resolve_output(pattern: Pattern, chains: dict[str, list[str]], input_ids: l
         t = _text(axis)
         output_ids.append(queue[t].pop(0) if t in chains else t)
     clause_ids = []
+    groups = _input_groups(pattern)
+    names = {_text(a) for op in pattern.inputs for a in _flat_names(op.axes)}
     for clause in pattern.clauses:
         ids = []
         for name in clause.names:
             t = name.text
-            if t in chains:
+            if isinstance(name, Ellipsis_):
+                ids.append(t)
+            elif t not in names and "*" + t in groups:  # "| mean r" for the group "*r"
+                ids.append("*" + t)
+            elif t in chains:
                 if not queue[t]:
                     raise _error(
                         PatternError,
@@ -267,24 +287,38 @@ def _resolve_output(pattern: Pattern, chains: dict[str, list[str]], input_ids: l
     return output_ids, clause_ids
 
 
+def _group_axes(axes) -> list[Ellipsis_]:
+    """The ellipsis groups of parsed axes, looking inside composites."""
+    found: list[Ellipsis_] = []
+    for axis in axes:
+        if isinstance(axis, Group):
+            found.extend(_group_axes(axis.items))
+        elif isinstance(axis, Ellipsis_):
+            found.append(axis)
+    return found
+
+
+def _input_groups(pattern: Pattern) -> set[str]:
+    return {e.text for op in pattern.inputs for e in _group_axes(op.axes)}
+
+
 def _primed_inputs(pattern: Pattern, input_ids: list[list[str]]) -> str:
     return ", ".join(spell(_rebuild(op.axes, iter(ids), pattern)) for op, ids in zip(pattern.inputs, input_ids, strict=True)) + " -> ..."
 
 
 def _check_ellipses(pattern: Pattern, operand: Operand, where: str) -> None:
     seen: set[str] = set()
-    for axis in operand.axes:
-        if isinstance(axis, Ellipsis_):
-            if axis.text in seen:
-                raise _error(PatternError, pattern, axis.column, f"{axis.text!r} appears twice in {where}")
-            if seen and where == "one operand":
-                raise _error(
-                    UnsupportedError,
-                    pattern,
-                    axis.column,
-                    "an operand may have one variadic group: with two, their lengths are ambiguous",
-                )
-            seen.add(axis.text)
+    for axis in _group_axes(operand.axes):
+        if axis.text in seen:
+            raise _error(PatternError, pattern, axis.column, f"{axis.text!r} appears twice in {where}")
+        if seen and where == "one operand":
+            raise _error(
+                UnsupportedError,
+                pattern,
+                axis.column,
+                "an operand may have one variadic group: with two, their lengths are ambiguous",
+            )
+        seen.add(axis.text)
 
 
 def _check_groups(pattern: Pattern, items: Iterable[Item]) -> None:
@@ -303,44 +337,59 @@ def _check_groups(pattern: Pattern, items: Iterable[Item]) -> None:
                     seen.add(part.id)
 
 
+def _validate_output(pattern: Pattern, inputs, output) -> set[str]:
+    """Output axes appear once, output groups come from an input; returns the output's axis ids."""
+    input_groups = {e.group for items in inputs for e in ellipses_of(items)}
+    seen_out: set[str] = set()
+    for axis in axes_of(output):
+        if axis.id in seen_out:
+            raise _error(PatternError, pattern, axis.column, f"output axis {axis.id!r} appears twice")
+        seen_out.add(axis.id)
+    for item in ellipses_of(output):
+        if item.group != "..." and item.group not in input_groups:
+            raise _error(PatternError, pattern, item.column, f"output group {item.group!r} is in no input")
+    return seen_out
+
+
+def _validate_clause_axis(pattern: Pattern, axis_id: str, name, inputs, output) -> None:
+    if is_group(axis_id):
+        if axis_id not in {e.group for items in inputs for e in ellipses_of(items)}:
+            raise _error(PatternError, pattern, name.column, f"clause group {axis_id!r} is in no input")
+        if axis_id in {e.group for e in ellipses_of(output)}:
+            raise _error(
+                PatternError,
+                pattern,
+                name.column,
+                f"clause group {axis_id!r} is also in the output; a clause reduces what the output drops",
+            )
+        return
+    if axis_id not in {a.id for items in inputs for a in axes_of(items)}:
+        raise _error(PatternError, pattern, name.column, f"clause axis {axis_id!r} is in no input")
+    if axis_id in {a.id for a in axes_of(output)}:
+        raise _error(
+            PatternError,
+            pattern,
+            name.column,
+            f"clause axis {axis_id!r} is also in the output; a clause reduces axes the output drops",
+        )
+
+
 def _validate(pattern: Pattern, inputs, output, clauses) -> None:
     for operand in pattern.inputs:
         _check_ellipses(pattern, operand, "one operand")
     _check_ellipses(pattern, pattern.output, "the output")
     _check_groups(pattern, output)  # in an input, (a a) is a diagonal, as a a is
-    input_ids = {a.id for items in inputs for a in axes_of(items)}
-    input_groups = {i.group for items in inputs for i in items if isinstance(i, Ell)}
-    seen_out: set[str] = set()
-    for axis in axes_of(output):
-        if axis.id not in input_ids:
-            raise _error(
-                PatternError,
-                pattern,
-                axis.column,
-                f"output axis {axis.id!r} is in no input (inputs: {pattern.text.split('->')[0].strip()})",
-            )
-        if axis.id in seen_out:
-            raise _error(PatternError, pattern, axis.column, f"output axis {axis.id!r} appears twice")
-        seen_out.add(axis.id)
-    for item in output:
-        if isinstance(item, Ell) and item.group != "..." and item.group not in input_groups:
-            raise _error(PatternError, pattern, item.column, f"output group {item.group!r} is in no input")
+    _validate_output(pattern, inputs, output)
     reduced: set[str] = set()
     for index, ((reducer, ids), clause) in enumerate(zip(clauses, pattern.clauses, strict=True)):
         if reducer in ("argmax", "argmin") and index != len(clauses) - 1:
             raise _error(PatternError, pattern, clause.column, f"{reducer} may only be the last clause")
         for i, name in zip(ids, clause.names, strict=True):
-            if i not in input_ids:
-                raise _error(PatternError, pattern, name.column, f"clause axis {i!r} is in no input")
-            if i in seen_out:
-                raise _error(
-                    PatternError,
-                    pattern,
-                    name.column,
-                    f"clause axis {i!r} is also in the output; a clause reduces axes the output drops",
-                )
+            _validate_clause_axis(pattern, i, name, inputs, output)
             if i in reduced:
-                raise _error(PatternError, pattern, name.column, f"axis {i!r} is reduced twice by the clauses")
+                raise _error(
+                    PatternError, pattern, name.column, f"{'group' if is_group(i) else 'axis'} {i!r} is reduced twice by the clauses"
+                )
             reduced.add(i)
 
 
