@@ -263,3 +263,18 @@ def test_functions_kept_for_traced_code_are_bounded(monkeypatch):
     assert all(getattr(tracing._TRACED, n)() == k for k, n in list(enumerate(names))[-8:])
     assert not hasattr(tracing._TRACED, names[0])
     assert tracing.traced_name(functions[-1]) == names[-1]  # a kept function keeps its name
+
+
+@pytest.mark.parametrize(
+    "pattern, shape, sizes, want",
+    [
+        ("a b c -> b (a c)", (0, 0, 3), {}, (0, 0)),
+        ("a b c -> (a b) c", (2, 3, 0), {}, (6, 0)),
+        ("(a b) c -> b a c", (0, 3), {"a": 0, "b": 2}, (2, 0, 3)),
+        ("(a b) c, c -> a b", (0, 0), {"a": 0, "b": 2}, (0, 2)),
+    ],
+)
+def test_a_reshape_never_uses_minus_one_where_the_other_dims_hold_no_element(pattern, shape, sizes, want):
+    """reshape(-1, 0) of an empty tensor is ambiguous to torch: such a view names every size."""
+    tensors = [torch.zeros(shape)] + ([torch.zeros(shape[-1])] if pattern.count(",") else [])
+    assert tuple(bl(pattern, *tensors, **sizes).shape) == want

@@ -358,12 +358,12 @@ def _clauses(resolved: Resolved, groups: dict[str, tuple[str, ...]]) -> tuple[tu
     return tuple(clauses)
 
 
-def _check_group_lengths(resolved: Resolved, longest: dict[str, int]) -> None:
+def _check_group_lengths(resolved: Resolved, bare: set[str]) -> None:
     """A group inside an input's composite, ``(b ...)``, needs its dims from a bare occurrence."""
     for index, items in enumerate(resolved.inputs):
         for item in items:
             for part in item.parts if isinstance(item, Comp) else ():
-                if isinstance(part, Ell) and part.group not in longest:
+                if isinstance(part, Ell) and part.group not in bare:
                     raise ShapeError(
                         f"the dims of {part.group!r} inside {spell_item(item)} of {resolved.operand(index)} cannot be "
                         f"read off one dim; write {part.group!r} on its own in another operand, or split it by "
@@ -406,7 +406,7 @@ def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, key
     lengths = _ellipsis_lengths(resolved, shapes)
     ell_sizes = _broadcast_ellipses(resolved, shapes, lengths)
     longest = _longest(resolved, lengths)
-    _check_group_lengths(resolved, longest)
+    _check_group_lengths(resolved, {group for per in lengths for group in per})
     sizes = _Sizes(resolved, keywords)
     comps: list = []
     raw = [

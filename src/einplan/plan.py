@@ -8,6 +8,7 @@ winner.  Planning reads shapes only, never tensor data.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,10 +99,15 @@ def _view(expr: ir.Expr, shape: tuple[int, ...], axes: tuple[str, ...], direct: 
     """``expr.reshape(shape)`` with -1 for the first axis that is a whole dim of the tensor
     (``direct``; None when unknown), so that the code does not depend on that axis's size."""
     free = next((k for k, whole in enumerate(direct or ()) if whole and axes.count(axes[k]) == 1), None)
-    if free is None:
+    if free is None or _ambiguous(shape, free):
         return ir.reshape(expr, shape, frozenset(axes))
     dims = tuple(-1 if k == free else s for k, s in enumerate(shape))
     return ir.reshape(expr, dims, frozenset(axes) - {axes[free]})
+
+
+def _ambiguous(shape: tuple[int, ...], free: int) -> bool:
+    """Whether -1 at ``free`` would be ambiguous: the other dims hold no element."""
+    return math.prod(s for k, s in enumerate(shape) if k != free) == 0
 
 
 def _whole_dims(items) -> list[bool] | None:
@@ -189,7 +195,7 @@ def _finish(value: Value, bound: Bound) -> ir.Expr:
         return ir.reshape(expr, bound.output_shape, frozenset(layout))
     ids = [getattr(item, "id", "") for item in items]
     free = next((k for k, i in enumerate(ids) if i and i not in bound.created), None)
-    if free is None:
+    if free is None or _ambiguous(bound.output_shape, free):
         return ir.reshape(expr, bound.output_shape, frozenset(layout))
     shape = tuple(-1 if k == free else s for k, s in enumerate(bound.output_shape))
     return ir.reshape(expr, shape, frozenset(layout) - {ids[free]})

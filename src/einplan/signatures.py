@@ -90,6 +90,9 @@ def _group_words(group: str, sizes: Sequence[int] | None, symbolic: frozenset, o
 
 
 def _composite_word(item: Comp, size: int | None, symbolic: frozenset, named: set[str]) -> str:
+    groups = [p.group for p in item.parts if isinstance(p, Ell)]
+    if groups:  # (b ...): its size is a number once pinned, else unchecked here (einplan checks it)
+        return str(size) if size is not None and not symbolic.intersection(groups) else "_"
     bases = [p.base if isinstance(p, Ax) else "1" for p in item.parts]
     if size is not None and not any(b in symbolic for b in bases):
         joined = "*".join(bases)
@@ -143,7 +146,12 @@ def _output_sizes(bound: Bound) -> list:
         elif isinstance(item, Ax):
             sizes.append(bound.sizes[item.id])
         else:
-            sizes.append(math.prod(bound.sizes[p.id] for p in item.parts if isinstance(p, Ax)))
+            ids = [
+                i
+                for p in item.parts
+                for i in ((p.id,) if isinstance(p, Ax) else bound.groups.get(p.group, ()) if isinstance(p, Ell) else ())
+            ]
+            sizes.append(math.prod(bound.sizes[i] for i in ids))
     return sizes
 
 
