@@ -47,6 +47,9 @@ NOT_AN_AXIS = "is not an axis"
 REDUCER = "expected a reducer (sum, max, min, mean, logsumexp, argmax, argmin, prod, any, all)"
 
 SYNTAX = [
+    ("b [n] d -> b d", PatternSyntaxError, 2, ["brackets are einx's mark of a reduced axis", "'b n d -> b d | mean n'"]),
+    ("b * d -> b d", PatternSyntaxError, 2, ["einops' pack/unpack pattern: use einplan.pack / einplan.unpack"]),
+    ("a b -> a | sum | max a", PatternSyntaxError, 15, ["a clause names what it reduces"]),
     # the arrow
     ("a b", PatternSyntaxError, 3, [NEEDS_ARROW]),
     ("a b c", PatternSyntaxError, 5, [NEEDS_ARROW]),
@@ -78,7 +81,7 @@ SYNTAX = [
     ("a ! -> a", PatternSyntaxError, 2, ["unexpected character '!'"]),
     ("~a -> a", PatternSyntaxError, 0, ["unexpected character '~'"]),
     ("a + b -> a", PatternSyntaxError, 2, ["unexpected character '+'"]),
-    ("a [b] -> a", PatternSyntaxError, 2, ["unexpected character '['"]),
+    ("a [b] -> a", PatternSyntaxError, 2, ["brackets are einx's mark of a reduced axis"]),
     ("a {b} -> a", PatternSyntaxError, 2, ["unexpected character '{'"]),
     ('a "b" -> a', PatternSyntaxError, 2, ["unexpected character '\"'"]),
     ("a \\ b -> a", PatternSyntaxError, 2, ["unexpected character '\\\\'"]),
@@ -120,8 +123,8 @@ SYNTAX = [
     # a prime on a named group: the message should quote the token, as for "3'"
     ("*b' -> *b", PatternSyntaxError, 0, ["*b'"]),
     # named groups
-    ("* -> ", PatternSyntaxError, 0, ["is not a named group"]),
-    ("* a -> ", PatternSyntaxError, 0, ["is not a named group"]),
+    ("* -> ", PatternSyntaxError, 0, ["einops' pack/unpack pattern"]),
+    ("* a -> ", PatternSyntaxError, 0, ["einops' pack/unpack pattern"]),
     ("a **b -> a", PatternSyntaxError, 2, ["is not a named group"]),
     ("a *... -> a", PatternSyntaxError, 2, ["is not a named group"]),
     # a digit after '*': the message should quote the token, as for "1x"

@@ -206,34 +206,41 @@ def _describe_expected(expected: set[str]) -> str:
     return " or ".join(named)
 
 
+def _word_at(pattern: str, column: int, extra: str = "_'") -> str:
+    end = column
+    while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in extra):
+        end += 1
+    return pattern[column:end]
+
+
+def _character_message(pattern: str, column: int) -> str:
+    """What is wrong with the character at ``column``, and the einplan spelling where one exists."""
+    char = pattern[column] if column < len(pattern) else ""
+    if char == "-" and pattern[column : column + 2] != "->":
+        return "expected '->'"
+    if char == "*":
+        word = "*" + _word_at(pattern, column + 1)
+        if pattern[column + 1 : column + 2] in ("", " ", ","):
+            return "'*' alone is einops' pack/unpack pattern: use einplan.pack / einplan.unpack; in a pattern, a named group is '*' then a name ('*batch')"
+        return f"{word!r} is not a named group: write '*' then a name (a letter or '_' first, no primes)"
+    if char == ".":
+        word = _word_at(pattern, column, "_'.")
+        return f"{word!r} is not an axis: an ellipsis is '...', separated by spaces"
+    if char in "[]":
+        return "brackets are einx's mark of a reduced axis: in einplan, leave the axis out of the output (summed) or name it in a clause, e.g. 'b n d -> b d | mean n'"
+    if char.isalnum() or char in "_'":
+        word = _word_at(pattern, column)
+        return (
+            f"{word!r} is not an axis: a name is a letter or '_' then letters, digits, '_' and trailing primes; separate axes with spaces"
+        )
+    return f"unexpected character {char!r}"
+
+
 def _syntax_error(pattern: str, error: lark.exceptions.LarkError) -> PatternSyntaxError:
     column: int
     if isinstance(error, lark.exceptions.UnexpectedCharacters):
         column = error.pos_in_stream or 0
-        char = pattern[column] if column < len(pattern) else ""
-        if char == "-" and pattern[column : column + 2] != "->":
-            message = "expected '->'"
-        elif char == "*":
-            end = column + 1
-            while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'"):
-                end += 1
-            message = f"{pattern[column:end]!r} is not a named group: write '*' then a name (a letter or '_' first, no primes)"
-        elif char == ".":
-            end = column
-            while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'."):
-                end += 1
-            message = f"{pattern[column:end]!r} is not an axis: an ellipsis is '...', separated by spaces"
-        elif char.isalnum() or char in "_'":
-            end = column
-            while end < len(pattern) and (pattern[end].isalnum() or pattern[end] in "_'"):
-                end += 1
-            word = pattern[column:end]
-            message = (
-                f"{word!r} is not an axis: a name is a letter or '_' then letters, "
-                "digits, '_' and trailing primes; separate axes with spaces"
-            )
-        else:
-            message = f"unexpected character {char!r}"
+        message = _character_message(pattern, column)
     elif isinstance(error, lark.exceptions.UnexpectedEOF):
         column = len(pattern)
         message = "the pattern ends early: expected " + _describe_expected(set(error.expected))
@@ -247,6 +254,8 @@ def _syntax_error(pattern: str, error: lark.exceptions.LarkError) -> PatternSynt
             message = "the pattern ends early: expected " + expected
         else:
             message = f"unexpected {str(token)!r}: expected {expected}"
+        if error.expected == {"NAME", "ELLIPSIS", "STAR_NAME"}:
+            message += " (a clause names what it reduces: '| sum n', '| mean ...')"
     else:  # pragma: no cover - lark's other errors are grammar bugs
         column, message = 0, str(error)
     return at(PatternSyntaxError, pattern, column, f"invalid einplan pattern: {message}")  # type: ignore[return-value]
