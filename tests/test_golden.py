@@ -25,6 +25,11 @@ CASES = {
     "composite_split": ("b (h d), h d e -> b h e", [(5, 12), (3, 4, 7)], {"lowering": "matmul-broadcast"}),
     "batched_trace": ("b n n -> b", [(7, 3, 3)], {}),
     "named_ellipsis": ("*batch n, n m -> *batch m", [(2, 3, 4), (4, 5)], {"lowering": "matmul-broadcast"}),
+    "repeat_view": ("n d -> b n d", [(16, 8)], {"b": 4}),
+    "repeat_grouped_query": ("b kvh n d -> b (r kvh) n d", [(2, 4, 16, 8)], {"r": 2}),
+    "group_mean": ("b *r -> b | mean r", [(8, 3, 4, 5)], {}),
+    "merge_a_group": ("b ... c -> b (...) c", [(2, 3, 4, 5)], {}),
+    "prod_after_matmul": ("a k, k c -> a | prod c", [(30, 8), (8, 40)], {}),
     "fused_max_cuda": ("m d, n d -> | max m n", [(20000, 128), (20000, 128)], {"device": "cuda", "lowering": "fused"}),
     "fused_attention_logsumexp_cuda": (
         "b h q d, b h k d -> b h q | logsumexp k",

@@ -84,6 +84,16 @@ def _reduced_by(reducer: str, source: ir.Expr, dims: tuple[int, ...], dtype: tor
     return ir.Call(REDUCE_CALLS[reducer], (source, arg))
 
 
+def spelled(ids) -> str:
+    """Axis ids for a comment, the dims of a group written as the group: ``*r[0] *r[1]`` -> ``*r``."""
+    words: list[str] = []
+    for axis in ids:
+        group = axis[: axis.index("[")] if axis.endswith("]") and "[" in axis else None
+        if group is None or not words or words[-1] != group:
+            words.append(group or axis)
+    return " ".join(words)
+
+
 def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype, names: Names, free=frozenset()):
     """One clause applied to ``value``; returns (statements, result values).
 
@@ -96,14 +106,14 @@ def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype
     source = ir.Var(value.var)
     if reducer not in ARG_REDUCERS:
         var = names.fresh()
-        return [ir.Assign(var, _reduced_by(reducer, source, dims, dtype), f"reduce: {reducer} {' '.join(ids)}")], [Value(var, rest)]
+        return [ir.Assign(var, _reduced_by(reducer, source, dims, dtype), f"reduce: {reducer} {spelled(ids)}")], [Value(var, rest)]
     if len(ids) == 1:
         var = names.fresh()
         return [ir.Assign(var, ir.Method(source, reducer, (ir.Const(dims[0]),)), f"reduce: {reducer} {ids[0]}")], [Value(var, rest)]
     moved = ir.permute(source, tuple(value.axes.index(a) for a in rest + ids))
     flat = ir.Method(moved, "flatten", (ir.Const(len(rest)), ir.Const(-1)))
     index = names.fresh()
-    flat_index = ir.Assign(index, ir.Method(flat, reducer, (ir.Const(-1),)), f"reduce: {reducer} over ({' '.join(ids)}) flattened")
+    flat_index = ir.Assign(index, ir.Method(flat, reducer, (ir.Const(-1),)), f"reduce: {reducer} over ({spelled(ids)}) flattened")
     statements, parts = index_per_axis(index, ids, rest, sizes, names)
     return [flat_index] + statements, parts
 
