@@ -7,7 +7,7 @@ The pipeline, one module per stage: ``parse`` (grammar -> AST), ``resolve``
 (primes, chains), ``bind`` (sizes), ``signatures`` (jaxtyping annotations and
 checks), ``plan`` (path, lowering per step, ``cost`` model), ``codegen`` and
 ``source`` (source text), ``programs`` (the plan cache), ``tracing``
-(torch.compile), ``runtime`` (``bl``, ``code``), ``explain``, ``kernels`` and
+(torch.compile), ``runtime`` (``bl``, ``einsum``, ``code``), ``explain``, ``kernels`` and
 ``cli``.
 """
 
@@ -17,11 +17,12 @@ from .explain import explain  # noqa: E402  (binds the function over the module 
 from .kernels import Kernel, kernel
 from .measuring import set_measuring
 from .plan import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, UNROLLED
-from .runtime import bl, cache_info, clear_cache, code
+from .runtime import bl, cache_info, clear_cache, code, einsum
 from .version import __version__
 
 __all__ = [
     "bl",
+    "einsum",
     "code",
     "explain",
     "kernel",

@@ -103,13 +103,18 @@ def _planning_options(parser: argparse.ArgumentParser, shapes_required_help: str
 
 
 def _plan_choices(parser: argparse.ArgumentParser) -> None:
-    """--lowering, --compiled and --grad: choices about the plan itself (explain, codegen; bench times them all)."""
+    """--lowering, --compiled, --grad and --einsum: choices about the plan itself (explain, codegen; bench times them all)."""
     parser.add_argument("--lowering", choices=planner.LOWERINGS, help="force one lowering for every step")
     parser.add_argument("--compiled", action="store_true", help=COMPILED_HELP)
     parser.add_argument(
         "--grad",
         action="store_true",
         help="plan for training: each chunked step is an autograd function whose backward runs in chunks too",
+    )
+    parser.add_argument(
+        "--einsum",
+        action="store_true",
+        help="PATTERN is a torch.einsum equation ('bij,bjk->bik'), read as einplan.einsum reads it (a repeated letter is a diagonal)",
     )
 
 

@@ -19,6 +19,7 @@ from . import plan as planner
 from .errors import EinplanError, PatternError, ShapeError
 from .explain import describe
 from .kernels import Kernel, kernel, module_source
+from .letters import read
 from .resolve import Ax, Comp, Ell, One, resolve
 from .source import sizes_text
 
@@ -267,8 +268,13 @@ def _close(a, b) -> bool:
 # --- commands ------------------------------------------------------------------------------------------
 
 
+def _spelled(pattern: str, einsum: bool) -> str:
+    """The einplan pattern whose axes the shapes and sizes name: a torch.einsum equation spelled one axis per letter."""
+    return read(pattern).text() if einsum else pattern
+
+
 def cmd_explain(args) -> int:
-    shapes, sizes = operands(args.pattern, args.shape, args.size)
+    shapes, sizes = operands(_spelled(args.pattern, args.einsum), args.shape, args.size)
     plan = runtime.plan_for(
         args.pattern,
         *shapes,
@@ -278,9 +284,10 @@ def cmd_explain(args) -> int:
         memory_limit=parse_memory(args.memory_limit),
         compiled=args.compiled,
         grad=args.grad,
+        einsum=args.einsum,
         **sizes,
     )
-    print(describe(plan))
+    print(describe(plan, args.pattern if args.einsum else None))
     return 0
 
 
@@ -288,7 +295,7 @@ def _kernel_specs(args) -> list[tuple[str, str, list, dict]]:
     """(name, pattern, shapes, sizes) for the positional pattern and each --kernel."""
     specs = []
     if args.pattern is not None:
-        shapes, sizes = operands(args.pattern, args.shape, args.size)
+        shapes, sizes = operands(_spelled(args.pattern, args.einsum), args.shape, args.size)
         specs.append((args.name, args.pattern, shapes, sizes))
     elif args.shape or args.size:
         raise UsageError("-s/--size belong to a PATTERN; with --kernel, put the shapes after ':' in the spec")
@@ -303,9 +310,9 @@ def _kernel_specs(args) -> list[tuple[str, str, list, dict]]:
             )
         words = [w for w in re.split(r"[\s,]+", shape_text) if w]
         if any("=" in w for w in words):
-            shapes, sizes = operands(pattern, [], words)
+            shapes, sizes = operands(_spelled(pattern, args.einsum), [], words)
         else:
-            shapes, sizes = operands(pattern, words, [])
+            shapes, sizes = operands(_spelled(pattern, args.einsum), words, [])
         specs.append((name, pattern, shapes, sizes))
     if not specs:
         raise UsageError("nothing to generate: give a PATTERN with its shapes, or --kernel NAME=PATTERN:SHAPES")
@@ -329,6 +336,7 @@ def cmd_codegen(args) -> int:
                 memory_limit=memory_limit,
                 compiled=args.compiled,
                 grad=args.grad,
+                einsum=args.einsum,
                 **sizes,
             )
         )

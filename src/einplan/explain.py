@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import plan as planner
+from .letters import BROADCAST, READING, read
 from .measuring import MEASURED, key_of
 from .runtime import plan_for
 from .source import render
@@ -16,12 +17,20 @@ def human(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _head(plan: planner.Plan) -> list[str]:
+def _spelled(resolved, einsum: str | None) -> list[str]:
+    """The pattern lines: the primed form, or for a torch.einsum equation the einplan spelling it ran as."""
+    if einsum is None:
+        return [f"pattern:  {resolved.pattern.text}", f"primed:   {resolved.primed}"]
+    notes = [READING] if read(einsum).diagonals else []
+    if "1" in resolved.pattern.text.replace(",", " ").split():  # letters are never spelled 1 but for this
+        notes.append(BROADCAST)
+    return [f"einsum:   {einsum}", f"as einplan: {resolved.primed}" + "".join(f"  ({note})" for note in notes)]
+
+
+def _head(plan: planner.Plan, einsum: str | None = None) -> list[str]:
     bound = plan.bound
     resolved = bound.resolved
-    return [
-        f"pattern:  {resolved.pattern.text}",
-        f"primed:   {resolved.primed}",
+    return _spelled(resolved, einsum) + [
         "sizes:    " + (", ".join(f"{a}={s}" for a, s in bound.sizes.items()) or "(none)"),
         f"dtype:    {bound.dtype}, device: {bound.device} (cost model: {plan.model.kind}, {plan.model.origin}"
         + (", code traced by torch.compile)" if plan.options.compiled else ")"),
@@ -66,9 +75,10 @@ def _why(step: planner.Step, plan: planner.Plan) -> list[str]:
     return [f"     why: {ratio:.2g}x cheaper than {runner.lowering}, the next best"]
 
 
-def describe(plan: planner.Plan) -> str:
-    """The text ``explain`` prints: primed form, sizes, path, steps, then the source."""
-    lines = _head(plan) + ["steps:"]
+def describe(plan: planner.Plan, einsum: str | None = None) -> str:
+    """The text ``explain`` prints: primed form, sizes, path, steps, then the source; ``einsum``: the
+    torch.einsum equation the plan was made for (shown with the einplan spelling it ran as)."""
+    lines = _head(plan, einsum) + ["steps:"]
     for number, step in enumerate(plan.steps):
         lines.extend(_step(number, step, plan))
     measured = MEASURED.get(key_of(plan.bound, plan.options.memory_limit)) if plan.options.lowering is None else None
@@ -79,6 +89,7 @@ def describe(plan: planner.Plan) -> str:
     return "\n".join(lines)
 
 
-def explain(pattern: str, *tensors_or_shapes, **options) -> str:
-    """The primed pattern, axis sizes, path, each step's lowering and cost, and the source."""
-    return describe(plan_for(pattern, *tensors_or_shapes, **options))
+def explain(pattern: str, *tensors_or_shapes, einsum: bool = False, **options) -> str:
+    """The primed pattern, axis sizes, path, each step's lowering and cost, and the source;
+    ``einsum=True``: ``pattern`` is a torch.einsum equation, as ``einplan.einsum`` reads it."""
+    return describe(plan_for(pattern, *tensors_or_shapes, einsum=einsum, **options), pattern if einsum else None)

@@ -33,7 +33,9 @@ from .bind import bind
 from .errors import EinplanError, PatternError, ShapeError
 from .explain import describe
 from .kernel_checks import check_kind, mismatch, structure_message
+from .letters import BROADCAST, spelling
 from .resolve import Resolved
+from .runtime import check_einsum_flag
 from .signatures import annotate, argument_checker, jaxtyped, namespace, rejected_operand, rejection
 from .source import Entry, compile_source, module_text, render, sizes_text
 from .tracing import traced_call
@@ -167,14 +169,16 @@ class Kernel:
         name: str = DEFAULT_NAME,
         options: planner.Options = DEFAULT_OPTIONS,
         sizes: dict | None = None,
+        einsum: bool = False,
     ):
         check_name(name)
         self.pattern, self.name, self.check = pattern, name, bool(check)
+        self.einsum = einsum  # pattern is a torch.einsum equation, read as einplan.einsum reads it
         self.dtype, self.device = programs.as_dtype(dtype) or torch.float32, programs.as_device(device)
         self._keywords = dict(sizes or {})
         self._options = options
         self.shapes = tuple(tuple(int(s) for s in shape) for shape in shapes)
-        first = programs.make_plan(pattern, self.shapes, dtype, self.device, self._keywords, options)
+        first = programs.make_plan(pattern, self.shapes, dtype, self.device, self._keywords, options, einsum)
         self._resolved: Resolved = first.bound.resolved
         self.dynamic: tuple[str, ...] = dynamic_names(dynamic, self._resolved)
         self._free = size_free(first, self.dynamic)
@@ -217,7 +221,7 @@ class Kernel:
     def plan(self) -> str:
         """What ``explain`` shows for the planned shapes: primed form, sizes, path, steps, then
         the source of the function a call runs (named and annotated as in :attr:`source`)."""
-        text = describe(self._planned.plan)
+        text = describe(self._planned.plan, self.pattern if self.einsum else None)
         head, marker, _ = text.rpartition("\nsource:\n")
         return head + marker + self._planned.source if marker else text
 
@@ -240,7 +244,7 @@ class Kernel:
     def __repr__(self) -> str:
         dynamic = f", dynamic={self.dynamic!r}" if self.dynamic else ""
         return (
-            f"<einplan Kernel {self.name} '{self.pattern}' planned for "
+            f"<einplan Kernel {self.name} {'einsum ' if self.einsum else ''}'{self.pattern}' planned for "
             f"{sizes_text(self._planned.plan.bound)}, {self.dtype}, {self.device}{dynamic}>"
         )
 
@@ -278,6 +282,7 @@ class Kernel:
                     name=self.name,
                     options=replace(self._options, grad=True),
                     sizes=self._keywords,
+                    einsum=self.einsum,
                 )
             return self._twin
 
@@ -327,7 +332,7 @@ class Kernel:
                 problem = self._mismatch(shapes)
                 if problem:
                     raise ShapeError(problem)
-                plan = programs.make_plan(self.pattern, shapes, self.dtype, self.device, self._keywords, self._options)
+                plan = programs.make_plan(self.pattern, shapes, self.dtype, self.device, self._keywords, self._options, self.einsum)
                 if _structure(plan) != _structure(self._planned.plan):
                     raise EinplanError(structure_message(self.name, self.dynamic, self._planned.plan, plan))
                 entry = self._entry(plan, shapes)
@@ -341,6 +346,12 @@ class Kernel:
     def _mismatch(self, shapes) -> str | None:
         """Why ``shapes`` cannot run on this kernel (the axis and its planned size), or None."""
         try:
+            spelled = spelling(self.pattern, shapes) if self.einsum else None  # torch's checks first
+            if spelled is not None and spelled != spelling(self.pattern, self.shapes):
+                return (
+                    f"kernel {self.name!r} was planned for '{self.pattern}' as '{self._resolved.primed}', but shapes {list(shapes)} "
+                    f"read as '{spelled}' ({BROADCAST}): make a kernel for these shapes"
+                )
             bound = bind(self._resolved, shapes, self.dtype, self.device, self._keywords)
         except EinplanError as error:
             return str(error)
@@ -371,6 +382,7 @@ def kernel(
     memory_limit: int | None = None,
     compiled: bool = False,
     grad: bool | None = None,
+    einsum: bool = False,
     **sizes: int,
 ) -> Kernel:
     """Plan ``pattern`` once for these tensors or shapes and return a callable :class:`Kernel`.
@@ -389,7 +401,10 @@ def kernel(
     (a broadcast multiply-sum then fuses into one loop), as ``bl`` does inside it.
     ``grad=True`` plans for training: each chunked step is an autograd function whose backward
     runs in chunks too (by default: whether a tensor given requires gradients, with grad mode on).
+    ``einsum=True``: ``pattern`` is a torch.einsum equation (``"bhqd,bhkd->bhqk"``), read as
+    :func:`einplan.einsum` reads it: a repeated letter is always a diagonal.
     """
+    check_einsum_flag(einsum)
     shapes, dtype_, device_ = programs.shapes_of(tensors_or_shapes, dtype, device)
     grad = programs.records(tensors_or_shapes) if grad is None else bool(grad)
     return Kernel(
@@ -402,4 +417,5 @@ def kernel(
         name=name,
         options=planner.Options(lowering, memory_limit, bool(compiled), grad),
         sizes=sizes,
+        einsum=einsum,
     )

@@ -22,6 +22,7 @@ from . import plan as planner
 from .bind import MAX_SIZE, bind, check_size
 from .calibration import model_for
 from .errors import EinplanError, ShapeError
+from .letters import spaced_hint, spelling
 from .measuring import MEASURED, Trial, close_call, key_of, label, measuring_enabled, remember
 from .plan import check_memory_limit
 from .resolve import resolve
@@ -149,26 +150,43 @@ def shapes_of(tensors_or_shapes, dtype, device):
 # --- planning ------------------------------------------------------------------------------------------
 
 
-def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner.Options) -> planner.Plan:
-    """Pattern and shapes -> checked, bound and planned (no tensor data needed)."""
-    if not isinstance(pattern, str):
+def make_plan(pattern: str, shapes, dtype, device, sizes: dict, options: planner.Options, einsum: bool = False) -> planner.Plan:
+    """Pattern and shapes -> checked, bound and planned (no tensor data needed).
+
+    ``einsum=True``: ``pattern`` is a torch.einsum equation, checked against the shapes as torch
+    does and read as torch does (a repeated letter is always a diagonal): a plan of its own."""
+    if einsum:
+        resolved = resolve(spelling(pattern, shapes), chains=False)
+        bound = bind(resolved, shapes, dtype, device, sizes)
+    elif not isinstance(pattern, str):
         raise TypeError(f"an einplan pattern is a str, not {type(pattern).__name__}")
-    resolved = resolve(pattern)
-    bound = bind(resolved, shapes, dtype, device, sizes)
+    else:
+        try:
+            resolved = resolve(pattern)
+            bound = bind(resolved, shapes, dtype, device, sizes)
+        except EinplanError as error:  # a letter string ('bhqd,bhkd->bhqk') read as einplan words
+            hint = spaced_hint(pattern)
+            if hint:
+                raise type(error)(f"{error}{hint}") from None
+            raise
     jaxtyping_check(resolved, shapes, dtype)
     return planner.build(bound, options, model_for(device))
 
 
-def build(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, compiled: bool = False, grad: bool = False) -> Program:
-    """The program for one call signature (what :data:`lookup` caches); ``grad``: autograd records the call."""
+def build(
+    pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, compiled: bool = False, grad: bool = False, einsum: bool = False
+) -> Program:
+    """The program for one call signature (what :data:`lookup` caches); ``grad``: autograd records the call;
+    ``einsum``: ``pattern`` is a torch.einsum equation (``einplan.einsum``), a key of its own since the
+    same text can mean another thing as an einplan pattern."""
     check_signature(signature)
     shapes = [shape for shape, _, _ in signature]
     dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
     options = planner.Options(lowering, memory_limit, compiled, grad)
-    made = program(make_plan(pattern, shapes, dtype, device, dict(sizes), options))
+    made = program(make_plan(pattern, shapes, dtype, device, dict(sizes), options, einsum))
     if lowering is None and not compiled and not grad and measuring_enabled():
         _measure_close_call(
-            made, lambda forced: program(make_plan(pattern, shapes, dtype, device, dict(sizes), replace(options, lowering=forced)))
+            made, lambda forced: program(make_plan(pattern, shapes, dtype, device, dict(sizes), replace(options, lowering=forced), einsum))
         )
     return made
 

@@ -101,11 +101,11 @@ class Traceable(Protocol):
 
 
 @constant_under_compile
-def _bl_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, grad: bool) -> str:
+def _bl_program(pattern: str, signature: tuple, sizes: tuple, lowering, memory_limit, grad: bool, einsum: bool = False) -> str:
     try:
         programs.check_call(sizes, memory_limit)
         signature = tuple((torch.Size(shape), dtype, device) for shape, dtype, device in signature)
-        function = programs.lookup(pattern, signature, sizes, lowering, memory_limit, True, grad).function
+        function = programs.lookup(pattern, signature, sizes, lowering, memory_limit, True, grad, einsum).function
     except (EinplanError, TypeError) as error:
         function = failing(error)
     return traced_name(function)
@@ -120,10 +120,11 @@ def _call_program(owner: Traceable, signature: tuple, grad: bool) -> str:
     return traced_name(function)
 
 
-def traced_bl(pattern: str, tensors: tuple, lowering, memory_limit, sizes: dict):
-    """``bl`` while torch.compile traces: a trace-time plan look-up, then the generated torch code."""
+def traced_bl(pattern: str, tensors: tuple, lowering, memory_limit, sizes: dict, einsum: bool = False):
+    """``bl`` while torch.compile traces: a trace-time plan look-up, then the generated torch code
+    (``einsum=True``: ``einplan.einsum``, whose pattern is a torch.einsum equation)."""
     sized = tuple((k, constant(v)) for k, v in sizes.items())
-    name = _bl_program(pattern, signature(tensors), sized, lowering, constant(memory_limit), programs.records(tensors))
+    name = _bl_program(pattern, signature(tensors), sized, lowering, constant(memory_limit), programs.records(tensors), einsum)
     return getattr(_TRACED, name)(*tensors)
 
 
