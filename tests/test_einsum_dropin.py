@@ -68,6 +68,11 @@ CASES = [
 ]
 
 
+# Forcing a lowering forces it on every step it can compute: the fused one (Triton's interpreter on
+# a CPU) only computes a contraction followed by a max/min/logsumexp clause, which no einsum has,
+# so forced it plans as the default does; the unrolled one declines steps over many terms.
+
+
 def _run(equation: str, tensors, lowering=None) -> torch.Tensor | None:
     """einplan.einsum with ``lowering`` forced; None where a forced lowering declines a step."""
     try:
@@ -437,6 +442,11 @@ def test_a_rank_error_and_a_missing_arrow_teach_too():
     )
     with pytest.raises(einplan.ShapeError, match=re.escape("call einplan.einsum('bij,bij->bij', ...)")):
         einplan.kernel("bij,bij->bij", (2, 3, 4), (2, 3, 4))
+    with pytest.raises(einplan.PatternSyntaxError) as raised:
+        einplan.bl("...ij,...jk->...ik", torch.ones(2, 3, 4), torch.ones(4, 5))
+    assert str(raised.value).endswith(
+        "\n    " + SPACED.format(word="ij", spaced="... i j, ... j k -> ... i k", equation="...ij,...jk->...ik")
+    )
 
 
 def test_patterns_that_are_not_letter_strings_get_no_hint():

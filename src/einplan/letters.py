@@ -255,7 +255,7 @@ def spaced_hint(pattern: str) -> str:
         equation = read(pattern)
     except EinplanError:
         return ""
-    word = next((w for w in words if len(w.replace(ELLIPSIS, "")) > 1), None)
+    word = next((w.replace(ELLIPSIS, "") for w in words if len(w.replace(ELLIPSIS, "")) > 1), None)
     lines = [
         ("einplan separates axes by spaces" + (f": '{word}' is one axis here" if word else " and needs '->' with the output"))
         + f". If these are torch.einsum letters, spell them '{equation.text()}' (one axis per letter), "
