@@ -241,6 +241,8 @@ SEMANTIC = [
     ("... -> *x", PatternError, 7, ["output group '*x' is in no input"]),
     ("*x, *y -> *x *y *z", PatternError, 16, ["output group '*z' is in no input"]),
     ("a ... -> a | mean *r", PatternError, 18, ["clause group '*r' is in no input"]),
+    ("b (h 2) (w 2) -> b h w", PatternError, 11, ["the size 2 appears twice in one operand", "einops as two anonymous axes"]),
+    ("b 3 3 -> b", PatternError, 4, ["the size 3 appears twice in one operand", "'n n' for a diagonal"]),
     ("a *x -> a *x | mean x", PatternError, 20, ["clause group '*x' is also in the output"]),
     ("a -> a | mean ...", PatternError, 14, ["clause group '...' is in no input"]),
     ("b *r -> b | sum r | max *r", PatternError, 24, ["group '*r' is reduced twice"]),

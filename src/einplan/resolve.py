@@ -149,6 +149,23 @@ class _Primes:
         return text
 
 
+def _check_repeated_literals(pattern: Pattern, per_operand, counts, chains) -> None:
+    """A size repeated inside one operand that no other input has would be a diagonal here, but two
+    independent anonymous axes in einops (``(h 2) (w 2)``): refused, with both spellings."""
+    for occurrences, count in zip(per_operand, counts, strict=True):
+        for axis in occurrences:
+            if isinstance(axis, Literal) and count[_text(axis)] >= 2 and _text(axis) not in chains:
+                second = [a for a in occurrences if _text(a) == _text(axis)][1]
+                raise _error(
+                    PatternError,
+                    pattern,
+                    second.column,
+                    f"the size {axis.size} appears twice in one operand: einplan would read it as one axis (a diagonal), "
+                    f"einops as two anonymous axes; name them instead: 'n n' for a diagonal, or two names with "
+                    f"keyword sizes ('(h h2) (w w2)' with h2={axis.size}, w2={axis.size}) for independent axes",
+                )
+
+
 def _chain_ids(pattern: Pattern, chains_on: bool = True) -> tuple[list[list[str]], dict[str, list[str]]]:
     """Axis ids of each input occurrence, and for each chain name its ids in order.
 
@@ -163,6 +180,7 @@ def _chain_ids(pattern: Pattern, chains_on: bool = True) -> tuple[list[list[str]
     chains = {t for t in texts if any(c.get(t, 0) >= 2 for c in counts) and sum(1 for c in counts if t in c) >= 2}
     if not chains_on:
         chains = set()
+    _check_repeated_literals(pattern, per_operand, counts, chains)
     used = texts | {_text(a) for a in _flat_names(pattern.output.axes)}
     for clause in pattern.clauses:
         used |= {n.text for n in clause.names}
