@@ -294,3 +294,12 @@ def test_a_group_reduced_in_full_keeps_torchs_argmax_over_its_dims():
 def test_errors_are_einplan_errors():
     with pytest.raises(EinplanError):
         einplan.bl("b -> b | prod *r", torch.ones(2))
+
+
+def test_explain_shows_the_repeat_and_the_group_clause():
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    text = einplan.explain("b *r -> b s | prod r", x, s=3)
+    assert "primed:   b *r -> b s | prod *r" in text
+    steps = [line.split() for line in text.splitlines() if line.strip()[:2] in ("0.", "1.")]
+    assert steps[0][1:] == ["reduce", "b", "*r", "->", "b"] and steps[1][1:] == ["repeat", "b", "->", "b", "s"]
+    assert "expand((-1, 3))" in text and "a view, no copy" in text

@@ -20,7 +20,7 @@ from . import chunking as cutting
 from .bind import Bound
 from .calibration import model_for
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
-from .clauses import apply_clauses, check_supported, clause_dtype, sized
+from .clauses import apply_clauses, check_supported, clause_dtype, sized, spelled
 from .contraction import Candidate, Context, Contraction, Names, Options, Value, numel, sum_over, take_pair
 from .cost import DeviceModel, Estimate
 from .errors import EinplanError
@@ -420,7 +420,7 @@ def _reduce(planning: _Planning, value: Value) -> tuple[list[Step], list[Value]]
         (current,) = results
         statements, results = apply_clauses(current, ((reducer, ids),), planning.bound.sizes, dtype, planning.context.names)
         dtype = clause_dtype(reducer, dtype)
-        steps.append(Step("reduce", f"{' '.join(current.axes)} -> {' '.join(results[0].axes)}", tuple(statements)))
+        steps.append(Step("reduce", f"{spelled(current.axes)} -> {spelled(results[0].axes)}", tuple(statements)))
     return steps, results
 
 
