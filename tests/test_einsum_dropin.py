@@ -389,6 +389,48 @@ def test_errors_are_einplans_and_torch_rejects_them_too(case):
         einplan.explain(equation, *shapes, einsum=True)
 
 
+@st.composite
+def maybe_equations(draw):
+    """Equations and shapes that torch may accept or reject: repeated output letters, output letters
+    in no input, '...' anywhere, dim counts one off, an operand too many, sizes 1-3 that may not agree."""
+    operands = []
+    for _ in range(draw(st.integers(1, 3))):
+        op = "".join(draw(st.lists(st.sampled_from("abcA"), max_size=3)))
+        operands.append(draw(st.sampled_from([op, "..." + op, op + "...", op[:1] + "..." + op[1:]])))
+    equation = ",".join(operands)
+    if draw(st.booleans()):
+        equation += "->" + "".join(draw(st.lists(st.sampled_from("abcA."), max_size=3))).replace(".", "...")
+    shapes = []
+    for op in operands:
+        rank = len(op.replace("...", "")) + ("..." in op) * draw(st.integers(0, 2)) + (draw(st.integers(0, 9)) == 0)
+        shapes.append(tuple(draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank))))
+    if draw(st.integers(0, 9)) == 0:
+        shapes.append((2,))
+    return equation, shapes
+
+
+def test_accepts_and_rejects_what_torch_einsum_does():
+    outcomes = {"both computed": 0, "both refused": 0}
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @given(case=maybe_equations())
+    def check(case):
+        equation, shapes = case
+        tensors = random_tensors(shapes)
+        try:
+            want = torch.einsum(equation, *tensors)
+        except (RuntimeError, ValueError):
+            with pytest.raises(einplan.EinplanError):
+                einplan.einsum(equation, *tensors)
+            outcomes["both refused"] += 1
+            return
+        assert_matches(einplan.einsum(equation, *tensors), want, f"{equation!r} {shapes}")
+        outcomes["both computed"] += 1
+
+    check()
+    assert min(outcomes.values()) >= 60, outcomes
+
+
 def test_what_is_not_an_equation_or_a_tensor():
     with pytest.raises(TypeError, match="a torch.einsum equation is a str, not int"):
         einplan.einsum(3, torch.ones(2))
