@@ -141,7 +141,6 @@ def _rows(name: str, sizes_column: int) -> list[tuple[int, str, str]]:
 
 HELDOUT = _rows("heldout_einsum.txt", 2)
 DIAGONAL = _rows("heldout_einsum_diagonal.txt", 1)
-FORCED = (einplan.MATMUL, einplan.ELEMENTWISE, einplan.CHUNKED)
 
 
 def test_the_corpora_are_complete():
@@ -157,13 +156,13 @@ def test_the_corpora_are_complete():
 
 
 def test_heldout_corpus_matches_torch_einsum():
-    """Every original string of the held-out file, at its sizes: the default plan in float64 and
-    float32, and matmul-broadcast, elementwise-sum and chunked-reduction forced in float64."""
+    """Every original string of the held-out file, at its sizes: the default plan and each lowering
+    forced in float64 (unrolled where it computes the steps), and the default plan in float32."""
     failures = []
     for number, equation, sizes in HELDOUT:
         shapes = _shapes(equation, sizes)
         try:
-            _check(equation, shapes, lowerings=(None,) + FORCED, seed=number)
+            assert _check(equation, shapes, seed=number) >= 3
             _check(equation, shapes, lowerings=(None,), seed=number, dtype=torch.float32)
         except Exception as error:  # noqa: BLE001 - every failing line is reported below
             failures.append(f"line {number}: {equation!r} {shapes}: {type(error).__name__}: {error}")
