@@ -16,6 +16,7 @@ from .errors import EinplanError, PatternError, PatternSyntaxError, ShapeError, 
 from .explain import explain  # noqa: E402  (binds the function over the module of that name)
 from .kernels import Kernel, kernel
 from .measuring import set_measuring
+from .packing import pack, unpack
 from .plan import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, UNROLLED
 from .runtime import bl, cache_info, clear_cache, code, einsum
 from .version import __version__
@@ -25,6 +26,8 @@ __all__ = [
     "einsum",
     "code",
     "explain",
+    "pack",
+    "unpack",
     "kernel",
     "Kernel",
     "cache_info",
