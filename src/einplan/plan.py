@@ -8,7 +8,6 @@ winner.  Planning reads shapes only, never tensor data.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +19,12 @@ from . import chunking as cutting
 from .bind import Bound
 from .calibration import model_for
 from .chunking import CHUNK_BYTES, DEFAULT_MEMORY_LIMIT, Job, human_bytes
-from .clauses import apply_clauses, check_supported, clause_dtype, sized, spelled
+from .clauses import apply_clauses, check_supported, clause_dtype, spelled
 from .contraction import Candidate, Context, Contraction, Names, Options, Value, numel, sum_over, take_pair
 from .cost import DeviceModel, Estimate
 from .errors import EinplanError
 from .lowerings import CHUNKED, ELEMENTWISE, FUSED, LOWERINGS, MATMUL, REGISTRY, UNROLLED, choose, emit_value
-from .resolve import spell_item
+from .shaping import finish, repeat, view, whole_dims
 
 __all__ = [
     "CHUNKED",
@@ -95,45 +94,13 @@ class Plan:
 # --- operand preparation: views, diagonals, private sums ----------------------------------
 
 
-def _view(expr: ir.Expr, shape: tuple[int, ...], axes: tuple[str, ...], direct: list[bool] | None) -> ir.Expr:
-    """``expr.reshape(shape)`` with -1 for the first axis that is a whole dim of the tensor
-    (``direct``; None when unknown), so that the code does not depend on that axis's size."""
-    free = next((k for k, whole in enumerate(direct or ()) if whole and axes.count(axes[k]) == 1), None)
-    if free is None or _ambiguous(shape, free):
-        return ir.reshape(expr, shape, frozenset(axes))
-    dims = tuple(-1 if k == free else s for k, s in enumerate(shape))
-    return ir.reshape(expr, dims, frozenset(axes) - {axes[free]})
-
-
-def _ambiguous(shape: tuple[int, ...], free: int) -> bool:
-    """Whether -1 at ``free`` would be ambiguous: the other dims hold no element."""
-    return math.prod(s for k, s in enumerate(shape) if k != free) == 0
-
-
-def _whole_dims(items) -> list[bool] | None:
-    """Per dim after the view, whether it is a whole dim of the tensor (an axis, not a part of a
-    composite); None when an ellipsis makes the positions data-dependent.  An item with an ``id``
-    is one axis, one with ``parts`` a composite, a literal 1 is dropped."""
-    whole: list[bool] = []
-    for item in items:
-        if hasattr(item, "id"):
-            whole.append(True)
-        elif hasattr(item, "parts"):
-            if any(hasattr(part, "group") for part in item.parts):
-                return None
-            whole.extend(False for part in item.parts if hasattr(part, "id"))
-        elif hasattr(item, "group"):
-            return None
-    return whole
-
-
 def _prepare(bound: Bound, index: int, others: list[set[str]], keep: frozenset[str]):
     """Views and sums that touch one operand only; returns (expr, axes)."""
     operand = bound.operands[index]
     expr: ir.Expr = ir.Var(f"x{index}")
     axes = list(operand.axes)
     if operand.view_shape is not None:
-        expr = _view(expr, operand.view_shape, operand.axes, _whole_dims(bound.resolved.inputs[index]))
+        expr = view(expr, operand.view_shape, operand.axes, whole_dims(bound.resolved.inputs[index]))
     while True:
         repeated = next((a for a in axes if axes.count(a) > 1), None)
         if repeated is None:
@@ -182,48 +149,6 @@ def _path(values: list[Value], keep, sizes) -> tuple[tuple[int, ...], ...]:
     except Exception:  # pragma: no cover - fall back to left to right
         path = [(0, 1)] * (len(values) - 1)
     return tuple(tuple(p) for p in path)
-
-
-def _finish(value: Value, bound: Bound) -> ir.Expr:
-    """Permute to the output's order, then merge composites and add literal 1s."""
-    layout = bound.layout or bound.output_axes
-    expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in layout))
-    if bound.output_shape is None:
-        return expr
-    items = bound.resolved.output
-    if any(hasattr(item, "group") for item in items):  # each output item is one dim, else no -1
-        return ir.reshape(expr, bound.output_shape, frozenset(layout))
-    ids = [getattr(item, "id", "") for item in items]
-    free = next((k for k, i in enumerate(ids) if i and i not in bound.created), None)
-    if free is None or _ambiguous(bound.output_shape, free):
-        return ir.reshape(expr, bound.output_shape, frozenset(layout))
-    shape = tuple(-1 if k == free else s for k, s in enumerate(bound.output_shape))
-    return ir.reshape(expr, shape, frozenset(layout) - {ids[free]})
-
-
-def _repeat(bound: Bound, values: list[Value], names) -> tuple[list[Step], list[Value]]:
-    """The created output axes (einops' repeat): a broadcast view, copied only where the output
-    merges a created axis with others."""
-    created = bound.created
-    if not created:
-        return [], values
-    copies = [
-        item for item in bound.resolved.output if hasattr(item, "parts") and any(getattr(p, "id", None) in created for p in item.parts)
-    ]
-    what = "a copy, since " + ", ".join(spell_item(c) for c in copies) + " merges a created axis" if copies else "a view, no copy"
-    shape = sized(tuple(bound.sizes[a] if a in created else -1 for a in bound.layout), created)
-    statements, results = [], []
-    for value in values:
-        expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in bound.output_axes))
-        items = [None if a in created else ir.SLICE for a in bound.layout]
-        while items[-1] is ir.SLICE:
-            items.pop()
-        spread = ir.Index(expr, tuple(items))
-        var = names.fresh()
-        statements.append(ir.Assign(var, ir.Method(spread, "expand", (shape,)), f"repeat: {' '.join(created)} new, broadcast ({what})"))
-        results.append(Value(var, bound.layout))
-    description = f"{' '.join(bound.output_axes)} -> {' '.join(bound.layout)}"
-    return [Step("repeat", description, tuple(statements))], results
 
 
 # --- the planner ------------------------------------------------------------------------------
@@ -442,8 +367,9 @@ def build(bound: Bound, options: Options = DEFAULT_OPTIONS, model: DeviceModel |
         (result,) = results
         more, results = _reduce(planning, result)
         steps += more
-    more, results = _repeat(bound, results, context.names)
-    steps += more
+    if bound.created:
+        statements, results, description = repeat(bound, results, context.names)
+        steps.append(Step("repeat", description, tuple(statements)))
     return Plan(
         bound=bound,
         options=options,
@@ -451,5 +377,5 @@ def build(bound: Bound, options: Options = DEFAULT_OPTIONS, model: DeviceModel |
         inputs=tuple(f"x{k}" for k in range(len(bound.operands))),
         path=path,
         steps=tuple(steps),
-        returns=tuple(_finish(v, bound) for v in results),
+        returns=tuple(finish(v, bound) for v in results),
     )
