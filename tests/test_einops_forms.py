@@ -303,3 +303,10 @@ def test_explain_shows_the_repeat_and_the_group_clause():
     steps = [line.split() for line in text.splitlines() if line.strip()[:2] in ("0.", "1.")]
     assert steps[0][1:] == ["reduce", "b", "*r", "->", "b"] and steps[1][1:] == ["repeat", "b", "->", "b", "s"]
     assert "expand((-1, 3))" in text and "a view, no copy" in text
+
+
+@pytest.mark.parametrize("pattern", ["h w c -> (2 h) (2 w) c", "h w c -> 2 h 2 w c", "h w c -> (2 h) w c 2"])
+def test_equal_literals_created_in_the_output_are_separate_axes(pattern):
+    """As einops' anonymous axes: '(2 h) (2 w)' doubles both h and w."""
+    (x,) = random_tensors([(4, 5, 3)])
+    assert torch.equal(einplan.bl(pattern, x), einops.repeat(x, pattern))

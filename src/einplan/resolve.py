@@ -275,8 +275,11 @@ def _resolve_output(pattern: Pattern, chains: dict[str, list[str]], input_ids: l
             )
     queue = {t: list(singles[t]) for t in chains}
     output_ids = []
+    in_inputs = {i for operand_ids in input_ids for i in operand_ids}
     for axis in output_names:
         t = _text(axis)
+        if isinstance(axis, Literal) and t not in in_inputs:  # created, as einops' anonymous axes: each its own
+            t += "'" * sum(1 for i in output_ids if i.rstrip("'") == t)
         output_ids.append(queue[t].pop(0) if t in chains else t)
     clause_ids = []
     groups = _input_groups(pattern)

@@ -72,7 +72,8 @@ def repeat(bound: Bound, values: list[Value], names) -> tuple[list, list[Value],
     copies = [
         item for item in bound.resolved.output if hasattr(item, "parts") and any(getattr(p, "id", None) in created for p in item.parts)
     ]
-    what = "a copy, since " + ", ".join(spell_item(c) for c in copies) + " merges a created axis" if copies else "a view, no copy"
+    verb = " merges a created axis" if len(copies) == 1 else " merge created axes"
+    what = "a copy, since " + ", ".join(spell_item(c) for c in copies) + verb if copies else "a view, no copy"
     shape = sized(tuple(bound.sizes[a] if a in created else -1 for a in bound.layout), created)
     statements, results = [], []
     for value in values:
