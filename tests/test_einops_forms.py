@@ -310,3 +310,30 @@ def test_equal_literals_created_in_the_output_are_separate_axes(pattern):
     """As einops' anonymous axes: '(2 h) (2 w)' doubles both h and w."""
     (x,) = random_tensors([(4, 5, 3)])
     assert torch.equal(einplan.bl(pattern, x), einops.repeat(x, pattern))
+
+
+@st.composite
+def rearrange_cases(draw):
+    """A batch axis, an ellipsis of 0-3 dims and a last axis, with '()' inserted on either side and
+    the ellipsis merged into a composite in the output, as einops writes them."""
+    group = tuple(draw(st.integers(0, 3)) for _ in range(draw(st.integers(0, 3))))
+    b, c = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+    left = ["b", "...", "c"]
+    shape = [b, *group, c]
+    if draw(st.booleans()):
+        k = draw(st.integers(0, 2))
+        left.insert(k, "()")
+        shape.insert(k if k < 2 else len(shape) - 1, 1)
+    right = draw(st.sampled_from(["b (...) c", "(b ...) c", "b (c ...)", "(...) b c", "b () (...) c ()", "(b ... c)"]))
+    return " ".join(left), right, tuple(shape)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rearrange_cases())
+def test_hypothesis_anonymous_axes_and_merged_groups_match_einops(case):
+    left, right, shape = case
+    (x,) = random_tensors([shape])
+    pattern = f"{left} -> {right}"
+    want = einops.rearrange(x, pattern)
+    got = einplan.bl(pattern, x)
+    assert got.shape == want.shape and torch.equal(got, want), pattern
