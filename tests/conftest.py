@@ -247,6 +247,26 @@ def operand_shapes(operands, sizes, ellipsis_dims) -> list[tuple[int, ...]]:
     return shapes
 
 
+def einsum_shapes(original: str, sizes: str) -> list[tuple[int, ...]]:
+    """Operand shapes from a data line's sizes: 'x=N' per letter, '@k=2x3' for operand k's '...' ('-': none)."""
+    letters: dict[str, int] = {}
+    ellipses: dict[int, tuple[int, ...]] = {}
+    for item in sizes.split():
+        key, value = item.split("=")
+        if key.startswith("@"):
+            ellipses[int(key[1:])] = () if value == "-" else tuple(int(v) for v in value.split("x"))
+        else:
+            letters[key] = int(value)
+    operands, _ = parse_einsum(original)
+    shapes = []
+    for k, operand in enumerate(operands):
+        shape: list[int] = []
+        for token in operand:
+            shape.extend(ellipses[k] if token == "..." else [letters[token]])
+        shapes.append(tuple(shape))
+    return shapes
+
+
 def random_tensors(shapes, dtype=torch.float64, seed: int = 0) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(tuple(s), generator=generator, dtype=torch.float64).to(dtype) for s in shapes]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einplan
-from conftest import ALL_LOWERINGS, assert_matches, lowering_id, parse_einsum, random_tensors
+from conftest import ALL_LOWERINGS, assert_matches, einsum_shapes, lowering_id, parse_einsum, random_tensors
 from einplan import letters, runtime
 
 DATA = Path(__file__).parent / "data"
@@ -114,22 +114,6 @@ def test_float32_and_complex_match_torch_einsum():
 # --- the held-out corpora -------------------------------------------------------------------------
 
 
-def _shapes(equation: str, sizes: str) -> list[tuple[int, ...]]:
-    """Operand shapes from a data line's sizes: 'x=N' per letter, '@k=2x3' for operand k's '...'."""
-    letters: dict[str, int] = {}
-    ellipses: dict[int, tuple[int, ...]] = {}
-    for item in sizes.split():
-        key, value = item.split("=")
-        if key.startswith("@"):
-            ellipses[int(key[1:])] = () if value == "-" else tuple(int(v) for v in value.split("x"))
-        else:
-            letters[key] = int(value)
-    operands, _ = parse_einsum(equation)
-    return [
-        tuple(d for token in op for d in (ellipses.get(k, ()) if token == "..." else (letters[token],))) for k, op in enumerate(operands)
-    ]
-
-
 def _rows(name: str, sizes_column: int) -> list[tuple[int, str, str]]:
     rows = []
     for number, line in enumerate((DATA / name).read_text().splitlines(), start=1):
@@ -160,7 +144,7 @@ def test_heldout_corpus_matches_torch_einsum():
     forced in float64 (unrolled where it computes the steps), and the default plan in float32."""
     failures = []
     for number, equation, sizes in HELDOUT:
-        shapes = _shapes(equation, sizes)
+        shapes = einsum_shapes(equation, sizes)
         try:
             assert _check(equation, shapes, seed=number) >= 3
             _check(equation, shapes, lowerings=(None,), seed=number, dtype=torch.float32)
@@ -173,7 +157,7 @@ def test_heldout_corpus_matches_torch_einsum():
 def test_excluded_diagonals_match_torch_einsum(row):
     """The 25 repeated-letter expressions bl cannot spell, under the default plan and every lowering."""
     number, equation, sizes = row
-    assert _check(equation, _shapes(equation, sizes), seed=number) >= 3
+    assert _check(equation, einsum_shapes(equation, sizes), seed=number) >= 3
 
 
 # --- generated equations --------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import einplan
 from conftest import (
     IMPLEMENTED,
     assert_matches,
+    einsum_shapes,
     einsum_to_einplan,
-    parse_einsum,
     random_tensors,
 )
 
@@ -39,25 +39,6 @@ def _read() -> list[tuple[int, str, str, str]]:
 ROWS = _read()
 
 
-def _shapes(original: str, sizes: str) -> list[tuple[int, ...]]:
-    letters: dict[str, int] = {}
-    ellipses: dict[int, tuple[int, ...]] = {}
-    for item in sizes.split():
-        key, value = item.split("=")
-        if key.startswith("@"):
-            ellipses[int(key[1:])] = () if value == "-" else tuple(int(v) for v in value.split("x"))
-        else:
-            letters[key] = int(value)
-    operands, _ = parse_einsum(original)
-    shapes = []
-    for k, operand in enumerate(operands):
-        shape: list[int] = []
-        for token in operand:
-            shape.extend(ellipses[k] if token == "..." else [letters[token]])
-        shapes.append(tuple(shape))
-    return shapes
-
-
 def test_file_is_large_and_consistent():
     """At least 300 expressions; every pattern is the translation of its original."""
     assert len(ROWS) >= 300, len(ROWS)
@@ -65,7 +46,7 @@ def test_file_is_large_and_consistent():
     assert len(set(originals)) == len(originals), "duplicate expressions"
     for number, original, pattern, sizes in ROWS:
         assert einsum_to_einplan(original) == pattern, f"line {number}: {original!r}"
-        _shapes(original, sizes)  # parses
+        einsum_shapes(original, sizes)  # parses
     assert any("..." in r[1] for r in ROWS), "no ellipsis expression"
     assert any(op == "" for r in ROWS for op in r[1].replace(" ", "").split("->")[0].split(",")), "no 0-d operand"
 
@@ -82,7 +63,7 @@ def test_heldout(row):
     """The default plan and each lowering in COMBOS; all runs happen even if one
     fails, and the failure lists every failing run."""
     number, original, pattern, sizes = row
-    shapes = _shapes(original, sizes)
+    shapes = einsum_shapes(original, sizes)
     failures = []
     for lowering, dtype in COMBOS:
         tensors = random_tensors(shapes, dtype=dtype, seed=number)

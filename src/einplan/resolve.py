@@ -225,13 +225,7 @@ def _rebuild(axes, ids: Iterator[str], pattern: Pattern) -> tuple[Item, ...]:
 
 def ellipses_of(items: Iterable[Item]) -> list[Ell]:
     """The ellipsis groups of resolved items, looking inside composites."""
-    out: list[Ell] = []
-    for item in items:
-        if isinstance(item, Ell):
-            out.append(item)
-        elif isinstance(item, Comp):
-            out.extend(p for p in item.parts if isinstance(p, Ell))
-    return out
+    return _parts_of(items, Ell)
 
 
 def is_group(axis_id: str) -> bool:
@@ -241,13 +235,17 @@ def is_group(axis_id: str) -> bool:
 
 def axes_of(items: Iterable[Item]) -> list[Ax]:
     """The named axes of resolved items, looking inside composites."""
-    out: list[Ax] = []
+    return _parts_of(items, Ax)
+
+
+def _parts_of(items: Iterable[Item], kind):
+    found = []
     for item in items:
-        if isinstance(item, Ax):
-            out.append(item)
+        if isinstance(item, kind):
+            found.append(item)
         elif isinstance(item, Comp):
-            out.extend(p for p in item.parts if isinstance(p, Ax))
-    return out
+            found.extend(p for p in item.parts if isinstance(p, kind))
+    return found
 
 
 def _resolve_output(pattern: Pattern, chains: dict[str, list[str]], input_ids: list[list[str]]):
@@ -274,7 +272,7 @@ def _resolve_output(pattern: Pattern, chains: dict[str, list[str]], input_ids: l
                 f"({', '.join(singles[t]) or 'none'}); write the primes explicitly",
             )
     queue = {t: list(singles[t]) for t in chains}
-    output_ids = []
+    output_ids: list[str] = []
     in_inputs = {i for operand_ids in input_ids for i in operand_ids}
     for axis in output_names:
         t = _text(axis)
