@@ -41,6 +41,14 @@ def test_which_signatures_are_close_calls():
     assert measuring.close_call(plan_for("m d, n d -> | max m n", (3000, 64), (3000, 64))) is None  # chunked
 
 
+def test_a_close_call_followed_by_a_repeat_or_a_clause_is_still_one(measuring_on):
+    """Steps that are not priced (a view of an input, a clause, a created axis) do not hide a close call."""
+    pattern, *shapes = CLOSE
+    repeated = plan_for("b n, b n -> b r", *shapes, r=2)
+    assert measuring.label(repeated) == measuring.label(plan_for(pattern, *shapes))
+    assert measuring.close_call(repeated) == "elementwise-sum"
+
+
 def test_a_chain_is_measured_against_its_closest_steps_runner_up_on_every_step(measuring_on):
     """``b i, b i j, b j -> b`` (float64): a batched matvec, then dot products, both matmuls; the
     closest call's runner-up is elementwise-sum, and the alternative plan forces it on both steps."""

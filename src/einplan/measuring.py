@@ -51,7 +51,7 @@ def measuring_enabled() -> bool:
 def label(plan) -> str | None:
     """The lowerings of a plan's contraction steps (``matmul-broadcast + elementwise-sum``), or None
     when a step is another kind (chunked, fused) or there is none: what a trial compares."""
-    kinds = [s.kind for s in plan.steps if s.kind not in ("prepare", "reduce", "output")]
+    kinds = [s.kind for s in plan.steps if s.estimate is not None]  # steps that were priced: not views, clauses, repeats
     if not kinds or any(k not in CONTRACTIONS for k in kinds):
         return None
     return " + ".join(kinds)
