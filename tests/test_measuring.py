@@ -125,3 +125,55 @@ def test_off_switches_keep_the_cost_models_choice(measuring_on, monkeypatch, swi
     assert not isinstance(program.function, measuring.Trial) and program.plan.steps[0].kind == "matmul-broadcast"
     assert not measuring.MEASURED
     einplan.set_measuring(True)
+
+
+# --- kernels: a close call is timed when the kernel is made -------------------------------------------
+
+
+def _runner_wins(monkeypatch):
+    """measure() as if the runner-up were faster (timings decide nothing here: the rule does)."""
+
+    def measure(names, functions, tensors, device):
+        for function in functions:  # both candidates still run, on the tensors given
+            function(*tensors)
+        return measuring.Measured({names[0]: 2.0, names[1]: 1.0}, names[1])
+
+    monkeypatch.setattr(measuring, "measure", measure)
+
+
+def test_a_kernel_times_its_close_call_once_when_made_and_keeps_the_faster(measuring_on, monkeypatch):
+    _runner_wins(monkeypatch)
+    pattern, *shapes = CLOSE
+    a, b = (torch.randn(s) for s in shapes)
+    made = einplan.kernel(pattern, a, b, dynamic="b")
+    assert [s.kind for s in made.plan_object.steps] == ["elementwise-sum"]
+    assert "elementwise-sum" in made.source and "matmul" not in made.source
+    (measured,) = measuring.MEASURED.values()
+    assert measured.kept == "elementwise-sum"
+    torch.testing.assert_close(made(a, b), (a * b).sum(-1))
+    fewer = (a[:10], b[:10])  # a dynamic size plans again with the kept lowering forced: the same structure
+    torch.testing.assert_close(made(*fewer), (fewer[0] * fewer[1]).sum(-1))
+    again = einplan.kernel(pattern, *shapes)  # made from shapes: the remembered choice, not timed again
+    assert [s.kind for s in again.plan_object.steps] == ["elementwise-sum"]
+
+
+def test_a_kernel_made_from_shapes_times_on_tensors_of_those_shapes(measuring_on):
+    pattern, *shapes = CLOSE
+    made = einplan.kernel(pattern, *shapes)
+    (measured,) = measuring.MEASURED.values()
+    assert set(measured.seconds) == {"matmul-broadcast", "elementwise-sum"}
+    assert [s.kind for s in made.plan_object.steps] == [measured.kept]
+
+
+def test_a_kernel_does_not_time_when_off_forced_or_far(measuring_on, monkeypatch):
+    _runner_wins(monkeypatch)
+    pattern, *shapes = CLOSE
+    assert einplan.kernel(pattern, *shapes, lowering="matmul-broadcast").plan_object.steps[0].kind == "matmul-broadcast"
+    einplan.kernel(FAR[0], *FAR[1:])
+    assert not measuring.MEASURED
+    einplan.set_measuring(False)
+    try:
+        assert einplan.kernel(pattern, *shapes).plan_object.steps[0].kind == "matmul-broadcast"
+    finally:
+        einplan.set_measuring(True)
+    assert not measuring.MEASURED

@@ -34,6 +34,7 @@ from .errors import EinplanError, PatternError, ShapeError
 from .explain import describe
 from .kernel_checks import check_kind, mismatch, structure_message
 from .letters import BROADCAST, spelling
+from .measuring import decide_now, sample_tensors
 from .resolve import Resolved
 from .runtime import check_einsum_flag
 from .signatures import annotate, argument_checker, jaxtyped, namespace, rejected_operand, rejection
@@ -170,6 +171,7 @@ class Kernel:
         options: planner.Options = DEFAULT_OPTIONS,
         sizes: dict | None = None,
         einsum: bool = False,
+        samples: Sequence[torch.Tensor] | None = None,
     ):
         check_name(name)
         self.pattern, self.name, self.check = pattern, name, bool(check)
@@ -179,6 +181,7 @@ class Kernel:
         self._options = options
         self.shapes = tuple(tuple(int(s) for s in shape) for shape in shapes)
         first = programs.make_plan(pattern, self.shapes, dtype, self.device, self._keywords, options, einsum)
+        first, self._options = self._measured(first, samples)
         self._resolved: Resolved = first.bound.resolved
         self.dynamic: tuple[str, ...] = dynamic_names(dynamic, self._resolved)
         self._free = size_free(first, self.dynamic)
@@ -191,6 +194,23 @@ class Kernel:
         # twin planned for training (made on the first such call), whose backward runs in chunks
         self._grad_matters = first.grad_matters
         self._twin: Kernel | None = None
+
+    def _measured(self, first: planner.Plan, samples) -> tuple[planner.Plan, planner.Options]:
+        """A close call decided by timing both candidates before the kernel is made (so its source
+        never changes after); a runner-up kept is forced from then on, for dynamic sizes too."""
+        options = self._options
+        runnable = self.device.type == "cpu" or (self.device.type == "cuda" and torch.cuda.is_available())
+        if options.lowering is not None or options.grad or options.compiled or not runnable:
+            return first, options
+
+        def forced(lowering: str) -> planner.Plan:
+            return programs.make_plan(
+                self.pattern, self.shapes, self.dtype, self.device, self._keywords, replace(options, lowering=lowering), self.einsum
+            )
+
+        tensors = (lambda: list(samples)) if samples is not None else (lambda: sample_tensors(self.shapes, self.dtype, self.device))
+        kept, runner = decide_now(first, forced, lambda plan: programs.program(plan).function, tensors)
+        return kept, (replace(options, lowering=runner) if runner is not None else options)
 
     # -- copying and pickling ------------------------------------------------------------------
     # The lock and the compiled functions cannot be copied; the planned entry (plan and source)
@@ -418,4 +438,13 @@ def kernel(
         options=planner.Options(lowering, memory_limit, bool(compiled), grad),
         sizes=sizes,
         einsum=einsum,
+        samples=_samples(tensors_or_shapes, dtype_, device_),
     )
+
+
+def _samples(tensors_or_shapes, dtype, device) -> list[torch.Tensor] | None:
+    """The tensors given, when they are all tensors of the planned dtype and device: what a close call is timed on."""
+    tensors = [t for t in tensors_or_shapes if isinstance(t, torch.Tensor)]
+    if len(tensors) != len(tensors_or_shapes) or any(t.dtype != dtype or t.device != device for t in tensors):
+        return None
+    return [t.detach() for t in tensors]

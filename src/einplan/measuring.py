@@ -138,3 +138,45 @@ class Trial:
         medians = {n: statistics.median(self.times[n]) for n in self.names}
         kept = min(self.names, key=lambda n: medians[n])  # ties keep the cost model's choice (first)
         self.settle(kept, Measured(medians, kept))
+
+
+def decide_now(first, forced: Callable, compiled: Callable, tensors: Callable) -> tuple:
+    """For a kernel: (the plan to keep, the runner-up lowering when it is the one kept, else None).
+    A close call's two candidates are timed now on ``tensors()``, unless this signature was
+    measured before; ``forced(lowering)`` plans the runner-up, ``compiled(plan)`` is its function."""
+    chosen, runner = label(first), close_call(first)
+    if not measuring_enabled() or chosen is None or runner is None:
+        return first, None
+    key = key_of(first.bound, first.options.memory_limit)
+    known = MEASURED.get(key)
+    if known is not None and known.kept == chosen:
+        return first, None
+    other = forced(runner)
+    if known is None:
+        known = measure((chosen, runner), (compiled(first), compiled(other)), tensors(), first.bound.device)
+        remember(key, known)
+    return (other, runner) if known.kept == runner else (first, None)
+
+
+def measure(names: tuple[str, str], functions: tuple[Callable, Callable], tensors, device) -> Measured:
+    """Both candidates timed now on ``tensors``, alternately, as a trial on a program's first calls does."""
+    found: list[Measured] = []
+    trial = Trial(names, functions, device, lambda kept, measured: found.append(measured))
+    while not found:
+        trial(*tensors)
+    return found[0]
+
+
+def sample_tensors(shapes, dtype: torch.dtype, device) -> list[torch.Tensor]:
+    """Tensors of ``shapes`` to time a kernel planned from shapes alone: normal numbers, small integers
+    (an integer product stays small), or coin flips."""
+    generator = torch.Generator().manual_seed(0)
+    made = []
+    for shape in shapes:
+        if dtype == torch.bool:
+            made.append(torch.rand(tuple(shape), generator=generator) > 0.5)
+        elif dtype.is_floating_point or dtype.is_complex:
+            made.append(torch.randn(tuple(shape), generator=generator, dtype=torch.float64).to(dtype))
+        else:
+            made.append(torch.randint(0, 3, tuple(shape), generator=generator).to(dtype))
+    return [t.to(device) for t in made]
