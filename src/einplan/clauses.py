@@ -102,7 +102,7 @@ def reduce_clause(value: Value, reducer: str, ids: tuple[str, ...], sizes, dtype
     dims = tuple(value.axes.index(a) for a in ids)
     rest = tuple(a for a in value.axes if a not in ids)
     if reducer in ("max", "min", "argmax", "argmin") and numel(sizes, ids) == 0:
-        raise EinplanError(f"cannot take {reducer} over axes {' '.join(ids)} of size 0")
+        raise EinplanError(f"cannot take {reducer} over axes {spelled(ids)} of size 0")
     source = ir.Var(value.var)
     if reducer not in ARG_REDUCERS:
         var = names.fresh()
