@@ -11,6 +11,7 @@ checks), ``plan`` (path, lowering per step, ``cost`` model), ``codegen`` and
 ``cli``.
 """
 
+from . import distributed  # noqa: F401  (DTensor operands: their programs, and einplan.distributed.bl)
 from .calibration import set_calibration
 from .errors import EinplanError, PatternError, PatternSyntaxError, ShapeError, UnsupportedError
 from .explain import explain  # noqa: E402  (binds the function over the module of that name)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from . import plan as planner
+from .distributed import explained
 from .letters import BROADCAST, READING, read
 from .measuring import MEASURED, key_of
+from .placements import is_distributed
 from .runtime import plan_for
 from .source import render
 
@@ -92,4 +94,7 @@ def describe(plan: planner.Plan, einsum: str | None = None) -> str:
 def explain(pattern: str, *tensors_or_shapes, einsum: bool = False, **options) -> str:
     """The primed pattern, axis sizes, path, each step's lowering and cost, and the source;
     ``einsum=True``: ``pattern`` is a torch.einsum equation, as ``einplan.einsum`` reads it."""
+    if any(is_distributed(type(t)) for t in tensors_or_shapes):  # the route on the mesh, then this rank's plan
+        head, local, as_einsum, xs, local_options = explained(pattern, tensors_or_shapes, einsum, options)
+        return head + "\nthis rank's plan:\n" + explain(local, *xs, einsum=as_einsum, **local_options)
     return describe(plan_for(pattern, *tensors_or_shapes, einsum=einsum, **options), pattern if einsum else None)

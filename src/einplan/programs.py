@@ -35,7 +35,9 @@ CACHE_SIZE = 4096  # plans kept (least recently used are dropped first)
 # attribute look-up and Python frame on this path costs far more than in a tight loop (measured
 # after a 600 us GEMM: bl's look-up cost 20-30 us, of which these save about a third).
 is_compiling = torch.compiler.is_compiling  # torch.compile recognises the function itself
-metadata = operator.attrgetter("shape", "dtype", "device")  # one operand's part of a call signature
+# one operand's part of a call signature; its class too, so that a DTensor (whose shape, dtype and
+# device read as a plain tensor's) never reuses a plain tensor's program, nor the other way round
+metadata = operator.attrgetter("shape", "dtype", "device", "__class__")
 requires_grad = operator.attrgetter("requires_grad")
 is_grad_enabled = torch.is_grad_enabled
 
@@ -71,14 +73,14 @@ def program(plan: planner.Plan, name: str = FUNCTION_NAME, shapes=None, symbolic
 
 def check_signature(signature: tuple) -> None:
     """On a cache miss: every operand is a tensor, all of one dtype and device."""
-    for k, (shape, dtype, device) in enumerate(signature):
+    for k, (shape, dtype, device, *_) in enumerate(signature):
         if not (isinstance(shape, torch.Size) and isinstance(dtype, torch.dtype) and isinstance(device, torch.device)):
             raise TypeError(f"einplan operand {k} is not a torch.Tensor")
-    if len({d for _, d, _ in signature}) > 1:
-        listed = ", ".join(f"operand {k} is {d}" for k, (_, d, _) in enumerate(signature))
+    if len({entry[1] for entry in signature}) > 1:
+        listed = ", ".join(f"operand {k} is {entry[1]}" for k, entry in enumerate(signature))
         raise EinplanError(f"all operands must share one dtype: {listed}")
-    if len({v for _, _, v in signature}) > 1:
-        listed = ", ".join(f"operand {k} is on {v}" for k, (_, _, v) in enumerate(signature))
+    if len({entry[2] for entry in signature}) > 1:
+        listed = ", ".join(f"operand {k} is on {entry[2]}" for k, entry in enumerate(signature))
         raise EinplanError(f"all operands must be on one device: {listed}")
 
 
@@ -180,7 +182,12 @@ def build(
     ``einsum``: ``pattern`` is a torch.einsum equation (``einplan.einsum``), a key of its own since the
     same text can mean another thing as an einplan pattern."""
     check_signature(signature)
-    shapes = [shape for shape, _, _ in signature]
+    if routes and any(len(entry) > 3 and entry[3] is not torch.Tensor for entry in signature):
+        for route in routes:  # another class of tensor (a DTensor): a program of its own
+            made = route(pattern, signature, sizes, lowering, memory_limit, einsum)
+            if made is not None:
+                return made
+    shapes = [entry[0] for entry in signature]
     dtype, device = (signature[0][1], signature[0][2]) if signature else (torch.float32, torch.device("cpu"))
     options = planner.Options(lowering, memory_limit, compiled, grad)
     made = program(make_plan(pattern, shapes, dtype, device, dict(sizes), options, einsum))
@@ -217,6 +224,10 @@ def _measure_close_call(made: Program, forced: Callable[[str], Program]) -> None
 
     made.function = Trial((chosen, runner), (made.function, other.function), made.plan.bound.device, settle)
 
+
+# Builders of the program of a call signature with an operand of another class than torch.Tensor
+# (einplan.distributed adds the one for DTensors); each returns a Program, or None to pass.
+routes: list[Callable] = []
 
 lookup = functools.lru_cache(maxsize=CACHE_SIZE)(build)
 
