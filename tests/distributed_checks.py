@@ -171,13 +171,10 @@ def refused_case(name, pattern, tensors, specs, words, mesh_shape=None):
             xs = [as_dtensor(tensors[0], mesh, Shard(0)), tensors[1]]
         elif specs == "partial input":
             xs = [DTensor.from_local(t.clone(), mesh, [Partial()], run_check=False) for t in tensors]
+        elif mesh_shape is not None:  # every operand replicated on each dim of that mesh
+            xs = [DTensor.from_local(t.clone(), mesh, [Replicate()] * len(mesh_shape), run_check=False) for t in tensors]
         else:
-            xs = [
-                as_dtensor(t, mesh, [placement(s)] * len(mesh.shape) if False else placement(s))
-                if mesh_shape is None
-                else DTensor.from_local(t.clone(), mesh, [Replicate()] * len(mesh.shape), run_check=False)
-                for t, s in zip(tensors, specs, strict=True)
-            ]
+            xs = [as_dtensor(t, mesh, placement(s)) for t, s in zip(tensors, specs, strict=True)]
         record.clear()
         try:
             einplan.bl(pattern, *xs)
@@ -319,3 +316,20 @@ def explained(mesh, record):
 
 CASES.append(("cache: DTensor and plain calls kept apart", cache_kept_apart))
 CASES.append(("explain: placements, collective, local plan", explained))
+
+
+def kernel_refused(mesh, record):
+    """A kernel plans plain tensors: made from DTensors, or called on them, it refuses them."""
+    a, b = data([(7, 5), (6, 5)], 90)
+    xs = [as_dtensor(a, mesh, Shard(0)), as_dtensor(b, mesh, Replicate())]
+    for attempt in (lambda: einplan.kernel(W9, *xs), lambda: einplan.kernel(W9, a, b)(*xs), lambda: einplan.code(W9, *xs)):
+        try:
+            attempt()
+        except einplan.UnsupportedError as error:
+            assert "operand 0 is a DTensor" in str(error) and "einplan.bl" in str(error), str(error)
+        else:
+            raise AssertionError("a DTensor was taken by a kernel or code")
+    return {}
+
+
+CASES.append(("refused: kernel and code on DTensors", kernel_refused))

@@ -132,20 +132,26 @@ def _identity(route: Route, like: torch.Tensor, reducer: str) -> torch.Tensor:
 Local = Callable[..., Any]  # (pattern, tensors, sizes, einsum) -> the local plan's result
 
 
-def local_tensors(route: Route, tensors) -> list[torch.Tensor]:
-    """Each rank's operands: its shard, or a replicated operand narrowed to this rank's rows.
-
-    A replicated operand's local gradient is this rank's part of it, hence ``Partial`` on the way
-    back (DTensor adds the parts when the gradient is redistributed)."""
+def local_tensors(route: Route, tensors, held: list | None = None) -> list[torch.Tensor]:
+    """Each rank's operands: its shard, or a replicated operand narrowed to this rank's rows
+    (``held``: the operands' local tensors, as :func:`held_locally` gives them)."""
     result = []
-    for t, dims in zip(tensors, route.narrow, strict=True):
-        placement = t.placements[0]
-        partial = route.axis is not None and not isinstance(placement, api().Shard)
-        x = t.to_local(grad_placements=[api().Partial()]) if partial else t.to_local()
+    for x, dims in zip(held if held is not None else held_locally(tensors), route.narrow, strict=True):
         for d in dims:
             x = x.narrow(d, route.offset, route.length)
         result.append(x)
     return result
+
+
+def held_locally(tensors) -> list[torch.Tensor]:
+    """Each operand's local tensor.  Beside a sharded operand, a replicated operand's local
+    gradient is this rank's part of it, hence ``Partial`` on the way back (DTensor adds the parts
+    when the gradient is redistributed)."""
+    shard, partial = api().Shard, api().Partial
+    sharded = any(isinstance(t.placements[0], shard) for t in tensors)
+    return [
+        t.to_local(grad_placements=[partial()]) if sharded and not isinstance(t.placements[0], shard) else t.to_local() for t in tensors
+    ]
 
 
 def _wrap(result, mesh, placement, shape: tuple[int, ...] | None = None):
@@ -157,10 +163,10 @@ def _wrap(result, mesh, placement, shape: tuple[int, ...] | None = None):
     return api().DTensor.from_local(result, mesh, [placement], run_check=False, shape=torch.Size(shape), stride=stride)
 
 
-def execute(route: Route, tensors, local: Local):
+def execute(route: Route, tensors, local: Local, held: list | None = None):
     """One call: the local plan on this rank's tensors, then the route's one collective (if any)."""
     mesh = tensors[0].device_mesh
-    xs = local_tensors(route, tensors)
+    xs = local_tensors(route, tensors, held)
     if route.kind == "replicated":
         return _wrap(local(route.local, xs, route.sizes, route.einsum), mesh, api().Replicate())
     if route.kind == "kept":
@@ -209,11 +215,12 @@ def runner(pattern: str, sizes: tuple, einsum: bool, lowering=None, memory_limit
 
     def run(*tensors):
         check_operands(tensors)
-        key = tuple((t.device_mesh, t.placements, t.to_local().shape) for t in tensors)
+        held = held_locally(tensors)
+        key = tuple((t.device_mesh, t.placements, x.shape) for t, x in zip(tensors, held, strict=True))
         found = routes.get(key)
         if found is None:
             found = routes[key] = replace(route(pattern, tensors, sizes, einsum), replicate=replicate)
-        return execute(found, tensors, local)
+        return execute(found, tensors, local, held)
 
     return run
 

@@ -21,9 +21,10 @@ import torch
 from . import plan as planner
 from .bind import MAX_SIZE, bind, check_size
 from .calibration import model_for
-from .errors import EinplanError, ShapeError
+from .errors import EinplanError, ShapeError, UnsupportedError
 from .letters import spaced_hint, spelling
 from .measuring import MEASURED, Trial, close_call, key_of, label, measuring_enabled, remember
+from .placements import is_distributed
 from .plan import check_memory_limit
 from .resolve import resolve
 from .signatures import NO_AXES, jaxtyping_check
@@ -89,7 +90,18 @@ def check_tensors(tensors) -> None:
     for k, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"einplan operand {k} is a {type(t).__name__}, not a torch.Tensor")
+        refuse_distributed(k, t)
     check_signature(tuple((t.shape, t.dtype, t.device) for t in tensors))
+
+
+def refuse_distributed(k: int, tensor) -> None:
+    """A kernel, ``code`` and ``plan_for`` plan one process's plain tensors: a DTensor is refused
+    there (``bl`` and ``einsum`` run DTensors, ``explain`` shows their route)."""
+    if is_distributed(type(tensor)):
+        raise UnsupportedError(
+            f"operand {k} is a DTensor: einplan.kernel, code and plan_for take plain tensors or shapes; "
+            f"call einplan.bl or einplan.einsum on DTensors (einplan.explain shows how they run)"
+        )
 
 
 def check_sizes(sizes: dict) -> None:
@@ -133,6 +145,7 @@ def shapes_of(tensors_or_shapes, dtype, device):
     shapes, dtypes, devices = [], [], []
     for k, item in enumerate(tensors_or_shapes):
         if isinstance(item, torch.Tensor):
+            refuse_distributed(k, item)
             shapes.append(tuple(item.shape))
             dtypes.append(item.dtype)
             devices.append(item.device)
