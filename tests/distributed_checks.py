@@ -120,6 +120,8 @@ value_case(
     call=einplan.distributed.bl,
     replicate=True,
 )
+value_case("kept, einsum equation", "ij,kj->ik", data([(7, 4), (3, 4)], 16), [0, None], "Shard(dim=0)", call=einplan.einsum)
+value_case("kept, einsum equation, diagonal", "ii->i", data([(5, 5)], 17), [0], "Shard(dim=0)", call=einplan.einsum)
 value_case("partial, einsum equation", "ij,kj->ik", data([(4, 7), (3, 7)], 15), [1, 1], "Partial", call=einplan.einsum)
 
 # -- a clause over the sharded axis: one combine, Replicate --------------------------------------------
