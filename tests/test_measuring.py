@@ -41,6 +41,44 @@ def test_which_signatures_are_close_calls():
     assert measuring.close_call(plan_for("m d, n d -> | max m n", (3000, 64), (3000, 64))) is None  # chunked
 
 
+def test_a_trial_of_three_takes_turns_and_keeps_the_fastest():
+    kept = []
+
+    def after(seconds):
+        def run(x):
+            time.sleep(seconds)
+            return x * 2
+
+        return run
+
+    names = ("chosen", "second", "third")
+    trial = measuring.Trial(names, (after(0.004), after(0.002), after(0.0)), torch.device("cpu"), lambda k, m: kept.append((k, m)))
+    results = [trial(k) for k in range(3 + 3 * measuring.ROUNDS)]
+    assert results == [2 * k for k in range(len(results))]
+    ((name, measured),) = kept
+    assert name == "third" and set(measured.seconds) == set(names)
+    assert measured.seconds["chosen"] > measured.seconds["second"] > measured.seconds["third"]
+
+
+def test_every_lowering_near_the_choice_is_a_candidate():
+    """262 144 dot products of 4 (S03 of benchmarks/regret.py): the shipped estimates put all three
+    contraction lowerings within 2x of each other, so the trial times all three."""
+    plan = plan_for("b n, b n -> b", (262144, 4), (262144, 4))
+    near = measuring.close_calls(plan)
+    assert set(near) | {plan.steps[0].kind} == {"matmul-broadcast", "elementwise-sum", "unrolled"}
+    assert measuring.close_call(plan) == near[0]
+
+
+def test_bl_times_every_near_lowering_and_keeps_one(measuring_on):
+    a, b = torch.randn(262144, 4), torch.randn(262144, 4)
+    for _ in range(3 + 3 * measuring.ROUNDS):
+        torch.testing.assert_close(einplan.bl("b n, b n -> b", a, b), (a * b).sum(-1))
+    (measured,) = measuring.MEASURED.values()
+    assert set(measured.seconds) == {"matmul-broadcast", "elementwise-sum", "unrolled"}
+    program = program_of("b n, b n -> b", a, b)
+    assert not isinstance(program.function, measuring.Trial) and program.plan.steps[0].kind == measured.kept
+
+
 def test_a_close_call_followed_by_a_repeat_or_a_clause_is_still_one(measuring_on):
     """Steps that are not priced (a view of an input, a clause, a created axis) do not hide a close call."""
     pattern, *shapes = CLOSE

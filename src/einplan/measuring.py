@@ -1,15 +1,15 @@
-"""Close calls, measured: when the cost model's two cheapest lowerings are near, time both.
+"""Close calls, measured: when the cost model's cheapest lowerings are near, time them.
 
 The cost model's estimates miss by 1.3x to 3x on some signatures (a batched dot
 product priced within 3% of a bmm ran 3x faster; outer products, 3x3 batched
-matmuls).  Where a plan's contraction step has a runner-up within
-:data:`CLOSE` of the winner (the closest such step, when there are several),
-``bl``'s first calls on that signature alternate between the plan and the
-plan with that runner-up forced on every step, on the caller's own tensors: one warm-up call each, then
-:data:`ROUNDS` timed calls each.  The faster by its median is kept (the
+matmuls).  Where a plan's contraction steps have other lowerings within
+:data:`CLOSE` of the winner's estimate, ``bl``'s first calls on that signature
+take turns between the plan and, for each such lowering, the plan with it
+forced on every step, on the caller's own tensors: one warm-up call each, then
+:data:`ROUNDS` timed calls each.  The fastest by its median is kept (the
 program's function is replaced, so later calls cost what they always did) and
 recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
-signature reuses.  Both plans compute the same result (each is tested against
+signature reuses.  The plans compute the same result (each is tested against
 torch), so only which one runs changes.
 
 Off with ``EINPLAN_MEASURE=0`` or ``einplan.set_measuring(False)``: the cost
@@ -57,20 +57,27 @@ def label(plan) -> str | None:
     return " + ".join(kinds)
 
 
-def close_call(plan) -> str | None:
-    """The runner-up lowering of a plan's closest call: the contraction step whose runner-up is
-    nearest the winner, within :data:`CLOSE` (the alternative plan forces it on every step), or None."""
+def close_calls(plan) -> tuple[str, ...]:
+    """The lowerings near a plan's choice: every contraction lowering whose estimate is within
+    :data:`CLOSE` of the winner's on some contraction step, nearest first (each alternative plan
+    forces one of them on every step); empty when nothing is close."""
     if label(plan) is None:
-        return None
-    best: tuple[float, str] | None = None
+        return ()
+    nearest: dict[str, float] = {}
     for step in plan.steps:
         ranked = sorted((c for c in step.candidates if c.lowering in CONTRACTIONS), key=lambda c: c.seconds)
         if len(ranked) < 2 or ranked[0].lowering != step.kind:
             continue
-        ratio = ranked[1].seconds / max(ranked[0].seconds, 1e-12)
-        if ratio <= CLOSE and (best is None or ratio < best[0]):
-            best = (ratio, ranked[1].lowering)
-    return best[1] if best is not None else None
+        for other in ranked[1:]:
+            ratio = other.seconds / max(ranked[0].seconds, 1e-12)
+            if ratio <= CLOSE:
+                nearest[other.lowering] = min(ratio, nearest.get(other.lowering, ratio))
+    return tuple(sorted(nearest, key=lambda lowering: nearest[lowering]))
+
+
+def close_call(plan) -> str | None:
+    """The nearest of :func:`close_calls`, or None."""
+    return next(iter(close_calls(plan)), None)
 
 
 @dataclass
@@ -103,8 +110,8 @@ class Trial:
     """The function of a program on trial: each call runs the next candidate and times it; after
     the last round, ``settle`` gets the name of the faster candidate and replaces this trial."""
 
-    names: tuple[str, str]
-    functions: tuple[Callable, Callable]
+    names: tuple[str, ...]
+    functions: tuple[Callable, ...]
     device: torch.device
     settle: Callable[[str, Measured], None]
     times: dict = field(default_factory=dict)
@@ -116,8 +123,8 @@ class Trial:
         with self.lock:
             turn = self.calls
             self.calls += 1
-        k = turn % 2
-        if turn < 2 or self.settled:  # a warm-up call, or one racing the settle
+        k = turn % len(self.names)
+        if turn < len(self.names) or self.settled:  # a warm-up call, or one racing the settle
             return self.functions[k](*tensors)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
         if sync is not None:
@@ -141,25 +148,26 @@ class Trial:
 
 
 def decide_now(first, forced: Callable, compiled: Callable, tensors: Callable) -> tuple:
-    """For a kernel: (the plan to keep, the runner-up lowering when it is the one kept, else None).
-    A close call's two candidates are timed now on ``tensors()``, unless this signature was
-    measured before; ``forced(lowering)`` plans the runner-up, ``compiled(plan)`` is its function."""
-    chosen, runner = label(first), close_call(first)
-    if not measuring_enabled() or chosen is None or runner is None:
+    """For a kernel: (the plan to keep, the lowering forced in it when a near one is kept, else None).
+    A close call's candidates are timed now on ``tensors()``, unless this signature was measured
+    before; ``forced(lowering)`` plans a candidate, ``compiled(plan)`` is its function."""
+    chosen, near = label(first), close_calls(first)
+    if not measuring_enabled() or chosen is None or not near:
         return first, None
     key = key_of(first.bound, first.options.memory_limit)
     known = MEASURED.get(key)
-    if known is not None and known.kept == chosen:
-        return first, None
-    other = forced(runner)
-    if known is None:
-        known = measure((chosen, runner), (compiled(first), compiled(other)), tensors(), first.bound.device)
-        remember(key, known)
-    return (other, runner) if known.kept == runner else (first, None)
+    if known is not None:
+        return (first, None) if known.kept == chosen else (forced(known.kept), known.kept)
+    plans = {lowering: forced(lowering) for lowering in near}
+    names = (chosen, *plans)
+    functions = (compiled(first), *(compiled(p) for p in plans.values()))
+    known = measure(names, functions, tensors(), first.bound.device)
+    remember(key, known)
+    return (first, None) if known.kept == chosen else (plans[known.kept], known.kept)
 
 
-def measure(names: tuple[str, str], functions: tuple[Callable, Callable], tensors, device) -> Measured:
-    """Both candidates timed now on ``tensors``, alternately, as a trial on a program's first calls does."""
+def measure(names: tuple[str, ...], functions: tuple[Callable, ...], tensors, device) -> Measured:
+    """The candidates timed now on ``tensors``, in turn, as a trial on a program's first calls does."""
     found: list[Measured] = []
     trial = Trial(names, functions, device, lambda kept, measured: found.append(measured))
     while not found:

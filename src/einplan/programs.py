@@ -23,7 +23,7 @@ from .bind import MAX_SIZE, bind, check_size
 from .calibration import model_for
 from .errors import EinplanError, ShapeError, UnsupportedError
 from .letters import spaced_hint, spelling
-from .measuring import MEASURED, Trial, close_call, key_of, label, measuring_enabled, remember
+from .measuring import MEASURED, Trial, close_calls, key_of, label, measuring_enabled, remember
 from .placements import is_distributed
 from .plan import check_memory_limit
 from .resolve import resolve
@@ -212,35 +212,41 @@ def build(
 
 
 def _measure_close_call(made: Program, forced: Callable[[str], Program]) -> None:
-    """A close call's program runs a trial of both candidates on its first calls (or, when this
+    """A close call's program runs a trial of its candidates on its first calls (or, when this
     signature was measured before, the one kept then)."""
     key = key_of(made.plan.bound, made.plan.options.memory_limit)
     known = MEASURED.get(key)
-    runner = close_call(made.plan)
     chosen = label(made.plan)
-    if chosen is None or (runner is None and known is None) or (known is not None and known.kept == chosen):
+    near = close_calls(made.plan)
+    if chosen is None or (not near and known is None) or (known is not None and known.kept == chosen):
         return
-    try:
-        other = forced(known.kept if known is not None else runner)  # type: ignore[arg-type]
-    except EinplanError:
+    wanted = (known.kept,) if known is not None else near
+    others: dict[str, Program] = {}
+    for lowering in wanted:
+        try:
+            others[lowering] = forced(lowering)
+        except EinplanError:
+            continue
+    if not others:
         return
     if known is not None:  # measured before: the kept plan, without a trial
+        other = others[known.kept]
         made.plan, made.source, made.function = other.plan, other.source, other.function
         return
-    assert runner is not None
-
-    mine = (made.plan, made.source, made.function)
+    candidates = {chosen: Program(made.plan, made.source, made.function), **others}
 
     def settle(kept: str, measured) -> None:
         remember(key, measured)
-        made.plan, made.source, made.function = (other.plan, other.source, other.function) if kept == runner else mine
+        winner = candidates[kept]
+        made.plan, made.source, made.function = winner.plan, winner.source, winner.function
 
-    made.function = Trial((chosen, runner), (made.function, other.function), made.plan.bound.device, settle)
+    made.function = Trial(tuple(candidates), tuple(p.function for p in candidates.values()), made.plan.bound.device, settle)
 
 
 # Builders of the program of a call signature with an operand of another class than torch.Tensor
 # (einplan.distributed adds the one for DTensors); each returns a Program, or None to pass.
 routes: list[Callable] = []
+
 
 lookup = functools.lru_cache(maxsize=CACHE_SIZE)(build)
 
