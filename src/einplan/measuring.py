@@ -31,7 +31,7 @@ import torch
 from .lowerings import CONTRACTIONS
 
 ENVIRONMENT = "EINPLAN_MEASURE"
-CLOSE = 2.0  # runner-up's estimate within this factor of the winner's: measure both
+CLOSE = 2.0  # a lowering whose estimate is within this factor of the winner's is timed too
 ROUNDS = 3  # timed calls of each candidate, after one warm-up call each
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
 
