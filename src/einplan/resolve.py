@@ -371,25 +371,19 @@ def _validate_output(pattern: Pattern, inputs, output) -> set[str]:
 
 
 def _validate_clause_axis(pattern: Pattern, axis_id: str, name, inputs, output) -> None:
+    """A clause reduces an input's axis (or group) that the output drops."""
     if is_group(axis_id):
-        if axis_id not in {e.group for items in inputs for e in ellipses_of(items)}:
-            raise _error(PatternError, pattern, name.column, f"clause group {axis_id!r} is in no input")
-        if axis_id in {e.group for e in ellipses_of(output)}:
-            raise _error(
-                PatternError,
-                pattern,
-                name.column,
-                f"clause group {axis_id!r} is also in the output; a clause reduces what the output drops",
-            )
-        return
-    if axis_id not in {a.id for items in inputs for a in axes_of(items)}:
-        raise _error(PatternError, pattern, name.column, f"clause axis {axis_id!r} is in no input")
-    if axis_id in {a.id for a in axes_of(output)}:
+        kind, found, kept = "group", {e.group for items in inputs for e in ellipses_of(items)}, {e.group for e in ellipses_of(output)}
+    else:
+        kind, found, kept = "axis", {a.id for items in inputs for a in axes_of(items)}, {a.id for a in axes_of(output)}
+    if axis_id not in found:
+        raise _error(PatternError, pattern, name.column, f"clause {kind} {axis_id!r} is in no input")
+    if axis_id in kept:
         raise _error(
             PatternError,
             pattern,
             name.column,
-            f"clause axis {axis_id!r} is also in the output; a clause reduces axes the output drops",
+            f"clause {kind} {axis_id!r} is also in the output; a clause reduces {'what' if kind == 'group' else 'axes'} the output drops",
         )
 
 
