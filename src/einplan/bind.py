@@ -323,12 +323,14 @@ def _id_sizes(resolved: Resolved, base_sizes: dict[str, int], ell_sizes: dict[st
 def check_created(resolved: Resolved, keywords) -> None:
     """Each output axis in no input is created (einops' repeat): a literal size, or a name whose
     size is a keyword; a name another input axis shares (``a' -> a``) is refused, as a typo is."""
-    bases = {a.base for items in resolved.inputs for a in axes_of(items)}
+    created = resolved.created
+    inputs = [a for items in resolved.inputs for a in axes_of(items)]
     for axis in axes_of(resolved.output):
-        if axis.id not in resolved.created or axis.base.isdigit():
+        if axis.id not in created or axis.base.isdigit():
             continue
-        if axis.base in bases or axis.id != axis.base:
-            hint = f" (the inputs have {', '.join(sorted(i for i in _ids(resolved) if i.rstrip(chr(39)) == axis.base))})"
+        alike = sorted({a.id for a in inputs if a.base == axis.base})
+        if alike or axis.id != axis.base:
+            hint = f" (the inputs have {', '.join(alike)})" if alike else ""
             raise at(PatternError, resolved.pattern.source, axis.column, f"output axis {axis.id!r} is in no input{hint}")
         if axis.base not in keywords:
             raise at(
@@ -337,10 +339,6 @@ def check_created(resolved: Resolved, keywords) -> None:
                 axis.column,
                 f"output axis {axis.id!r} is in no input: to create it (a broadcast copy, as einops' repeat), give its size, e.g. {axis.base}=2",
             )
-
-
-def _ids(resolved: Resolved) -> set[str]:
-    return {a.id for items in resolved.inputs for a in axes_of(items)}
 
 
 def _clauses(resolved: Resolved, groups: dict[str, tuple[str, ...]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -419,7 +417,8 @@ def bind(resolved: Resolved, shapes: Sequence[Sequence[int]], dtype, device, key
     id_sizes, bases = _id_sizes(resolved, sizes.check(), ell_sizes, groups)
     operands = tuple(BoundOperand(tuple(id_sizes[a] for a in axes) if changed else None, tuple(axes)) for axes, changed in raw)
     layout, output_shape = _output(resolved, groups, id_sizes)
-    created = tuple(a for a in layout if a in resolved.created)
+    new = set(resolved.created)
+    created = tuple(a for a in layout if a in new)
     # ellipsis dims absent from the output are summed, as in torch.einsum
     return Bound(
         resolved=resolved,

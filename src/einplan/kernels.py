@@ -196,8 +196,8 @@ class Kernel:
         self._twin: Kernel | None = None
 
     def _measured(self, first: planner.Plan, samples) -> tuple[planner.Plan, planner.Options]:
-        """A close call decided by timing both candidates before the kernel is made (so its source
-        never changes after); a runner-up kept is forced from then on, for dynamic sizes too."""
+        """A close call decided by timing its candidates before the kernel is made (so its source
+        never changes after); a near lowering kept is forced from then on, for dynamic sizes too."""
         options = self._options
         runnable = self.device.type == "cpu" or (self.device.type == "cuda" and torch.cuda.is_available())
         if options.lowering is not None or options.grad or options.compiled or not runnable:
@@ -209,8 +209,8 @@ class Kernel:
             )
 
         tensors = (lambda: list(samples)) if samples is not None else (lambda: sample_tensors(self.shapes, self.dtype, self.device))
-        kept, runner = decide_now(first, forced, lambda plan: programs.program(plan).function, tensors)
-        return kept, (replace(options, lowering=runner) if runner is not None else options)
+        kept, lowering = decide_now(first, forced, lambda plan: programs.program(plan).function, tensors)
+        return kept, (replace(options, lowering=lowering) if lowering is not None else options)
 
     # -- copying and pickling ------------------------------------------------------------------
     # The lock and the compiled functions cannot be copied; the planned entry (plan and source)

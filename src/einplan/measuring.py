@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import EinplanError
 from .lowerings import CONTRACTIONS
 
 ENVIRONMENT = "EINPLAN_MEASURE"
@@ -147,22 +148,37 @@ class Trial:
         self.settle(kept, Measured(medians, kept))
 
 
+def pending(plan, forced: Callable) -> tuple | None:
+    """What a close call of ``plan`` compares: (its key, its label, what was measured before or
+    None, {lowering: that lowering's plan}), or None when nothing is to be timed or swapped.
+    ``forced(lowering)`` plans a candidate; one that einplan refuses is left out."""
+    chosen = label(plan)
+    key = key_of(plan.bound, plan.options.memory_limit)
+    known = MEASURED.get(key)
+    near = close_calls(plan)
+    if chosen is None or (not near and known is None) or (known is not None and known.kept == chosen):
+        return None
+    others = {}
+    for lowering in (known.kept,) if known is not None else near:
+        try:
+            others[lowering] = forced(lowering)
+        except EinplanError:
+            continue
+    return (key, chosen, known, others) if others else None
+
+
 def decide_now(first, forced: Callable, compiled: Callable, tensors: Callable) -> tuple:
     """For a kernel: (the plan to keep, the lowering forced in it when a near one is kept, else None).
     A close call's candidates are timed now on ``tensors()``, unless this signature was measured
     before; ``forced(lowering)`` plans a candidate, ``compiled(plan)`` is its function."""
-    chosen, near = label(first), close_calls(first)
-    if not measuring_enabled() or chosen is None or not near:
+    found = pending(first, forced) if measuring_enabled() else None
+    if found is None:
         return first, None
-    key = key_of(first.bound, first.options.memory_limit)
-    known = MEASURED.get(key)
-    if known is not None:
-        return (first, None) if known.kept == chosen else (forced(known.kept), known.kept)
-    plans = {lowering: forced(lowering) for lowering in near}
-    names = (chosen, *plans)
-    functions = (compiled(first), *(compiled(p) for p in plans.values()))
-    known = measure(names, functions, tensors(), first.bound.device)
-    remember(key, known)
+    key, chosen, known, plans = found
+    if known is None:
+        functions = (compiled(first), *(compiled(p) for p in plans.values()))
+        known = measure((chosen, *plans), functions, tensors(), first.bound.device)
+        remember(key, known)
     return (first, None) if known.kept == chosen else (plans[known.kept], known.kept)
 
 

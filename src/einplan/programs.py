@@ -23,7 +23,7 @@ from .bind import MAX_SIZE, bind, check_size
 from .calibration import model_for
 from .errors import EinplanError, ShapeError, UnsupportedError
 from .letters import spaced_hint, spelling
-from .measuring import MEASURED, Trial, close_calls, key_of, label, measuring_enabled, remember
+from .measuring import Trial, measuring_enabled, pending, remember
 from .placements import is_distributed
 from .plan import check_memory_limit
 from .resolve import resolve
@@ -214,21 +214,10 @@ def build(
 def _measure_close_call(made: Program, forced: Callable[[str], Program]) -> None:
     """A close call's program runs a trial of its candidates on its first calls (or, when this
     signature was measured before, the one kept then)."""
-    key = key_of(made.plan.bound, made.plan.options.memory_limit)
-    known = MEASURED.get(key)
-    chosen = label(made.plan)
-    near = close_calls(made.plan)
-    if chosen is None or (not near and known is None) or (known is not None and known.kept == chosen):
+    found = pending(made.plan, forced)
+    if found is None:
         return
-    wanted = (known.kept,) if known is not None else near
-    others: dict[str, Program] = {}
-    for lowering in wanted:
-        try:
-            others[lowering] = forced(lowering)
-        except EinplanError:
-            continue
-    if not others:
-        return
+    key, chosen, known, others = found
     if known is not None:  # measured before: the kept plan, without a trial
         other = others[known.kept]
         made.plan, made.source, made.function = other.plan, other.source, other.function
