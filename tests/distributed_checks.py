@@ -3,6 +3,8 @@ function of (mesh, record) that raises on a mismatch and returns what the parent
 
 from __future__ import annotations
 
+import linecache
+
 import torch
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
@@ -307,6 +309,10 @@ def explained(mesh, record):
         "collective: one all_gather",
         "torch.amax",
         "placement out: Replicate()",
+        "this rank's function:",
+        "def einplan_on_mesh(",
+        "part = einplan.bl('m d, n d -> | max m n', t0, t1)",
+        "collectives.all_gather_reduce(part, 'max', mesh.get_group(), 2)",
         "this rank's plan:",
         "def einplan_kernel",
     ):
@@ -335,3 +341,35 @@ def kernel_refused(mesh, record):
 
 
 CASES.append(("refused: kernel and code on DTensors", kernel_refused))
+
+# -- the generated source: what each rank runs, the combine included ----------------------------------
+
+SOURCES = {  # name -> (pattern, shapes, the sharded dim of each operand, keywords)
+    "mesh_max_inner_product": (W9, [(7, 5), (6, 5)], [0, None], {}),
+    "mesh_argmax_two_axes": ("m d, n d -> | argmax m n", [(7, 5), (6, 5)], [0, None], {}),
+    "mesh_kept_rows": ("m d, n d -> m n", [(7, 5), (6, 5)], [0, None], {}),
+    "mesh_partial_sum": ("m d, n d -> m n", [(4, 7), (3, 7)], [1, 1], {}),
+    "mesh_mean_empty_shard": ("q d, k d -> q | mean k", [(5, 4), (1, 4)], [None, 0], {"memory_limit": 1 << 20}),
+    "mesh_replicated_sum": ("m d, n d -> m n", [(4, 7), (3, 7)], [1, 1], {"replicate": True}),
+}
+
+
+def source_case(name, pattern, shapes, specs, options):
+    """``einplan.distributed.code`` on this rank: the function ``bl`` compiled and ran (its lines
+    are in linecache once the call has run), returned for the parent to compare with its golden."""
+
+    def case(mesh, record):
+        xs = [as_dtensor(t, mesh, placement(s)) for t, s in zip(data(shapes, 95), specs, strict=True)]
+        text = einplan.distributed.code(pattern, *xs, **options)
+        call = einplan.distributed.bl if "replicate" in options else einplan.bl
+        call(pattern, *xs, **options)
+        ran = [lines for name, (_, _, lines, _) in linecache.cache.items() if name.startswith("<einplan-") and "".join(lines) == text]
+        assert ran, f"the source bl ran is not what einplan.distributed.code shows:\n{text}"
+        compile(text, "<mesh source>", "exec")
+        return {"source": text}
+
+    CASES.append((f"source {name}", case))
+
+
+for _name, _case in SOURCES.items():
+    source_case(_name, *_case)

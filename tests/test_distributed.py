@@ -107,3 +107,30 @@ def test_replicate_option_is_one_all_reduce(report):
     (e, *_) = entries(report, "partial, replicate=True")
     assert [name.rsplit(".", 1)[-1] for name, _ in e["calls"]] == ["all_reduce"]
     assert e["calls"][0][1] == e["result_bytes"]
+
+
+GOLDEN = HERE / "golden"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mesh_max_inner_product",
+        "mesh_argmax_two_axes",
+        "mesh_kept_rows",
+        "mesh_partial_sum",
+        "mesh_mean_empty_shard",
+        "mesh_replicated_sum",
+    ],
+)
+def test_generated_source_on_each_rank_matches_golden(report, name):
+    """The function each rank runs (what einplan.distributed.code shows, and bl compiled): local
+    tensors, this rank's plan, the collective in the source, the placement out."""
+    (first, second) = sorted(entries(report, f"source {name}"), key=lambda e: e["rank"])
+    assert_ok([first, second])
+    for entry in (first, second):
+        path = GOLDEN / f"{name}_rank{entry['rank']}.txt"
+        if os.environ.get("EINPLAN_UPDATE_GOLDEN"):
+            path.write_text(entry["source"])
+        assert path.exists(), f"no golden file {path}; run with EINPLAN_UPDATE_GOLDEN=1"
+        assert entry["source"] == path.read_text()

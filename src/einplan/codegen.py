@@ -29,7 +29,7 @@ def _const(value) -> str:
         if value != value or value in (float("inf"), float("-inf")):
             return f"float({str(value)!r})"
         return repr(value)
-    if isinstance(value, str):  # a Triton option ("ieee"), never a user's text
+    if isinstance(value, str):  # a Triton option ("ieee"), a reducer, a checked pattern: a literal, by repr
         return repr(value)
     if isinstance(value, tuple):
         inner = ", ".join(_const(v) for v in value)

@@ -43,6 +43,17 @@ FUNCTIONS = frozenset(
         "torch.get_float32_matmul_precision",
         "torch.any",
         "torch.all",
+        # a rank's function on DTensors (mesh_code): einplan's own plan, then one collective
+        "einplan.bl",
+        "einplan.einsum",
+        "DTensor.from_local",
+        "Shard",
+        "Replicate",
+        "Partial",
+        "collectives.all_reduce_sum",
+        "collectives.all_gather_reduce",
+        "collectives.all_gather_arg",
+        "collectives.no_rows",
     }
 )
 METHODS = frozenset(
@@ -81,9 +92,11 @@ METHODS = frozenset(
         "log_",
         "abs",
         "prod",
+        "to_local",
+        "get_group",
     }
 )
-ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad", "needs_input_grad"})
+ATTRIBUTES = frozenset({"mT", "shape", "values", "indices", "device", "requires_grad", "needs_input_grad", "device_mesh"})
 OPERATORS = frozenset({"*", "+", "-", "@", "/", "//", "%", ">", "<", ">=", "!=", "==", "&", "|"})
 
 
@@ -118,6 +131,8 @@ class Call:
     def __post_init__(self):
         if self.func not in FUNCTIONS:
             raise ValueError(f"function {self.func!r} is not in the code generator's allow-list")
+        if not all(isinstance(k, str) and k.isidentifier() for k, _ in self.kwargs):
+            raise ValueError(f"not keyword names: {self.kwargs!r}")
 
 
 @dataclass(frozen=True)

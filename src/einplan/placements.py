@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, replace
 
 from .bind import bind
+from .collectives import SUMMED
 from .errors import EinplanError, UnsupportedError
 from .letters import spelling
 from .resolve import Ax, Comp, Ell, Resolved, axes_of, resolve, spell
@@ -31,10 +32,6 @@ def is_distributed(cls) -> bool:
     """Whether an operand of class ``cls`` is a DTensor (without importing DTensor's module)."""
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(cls, type) and issubclass(cls, module.DTensor)
-
-
-GATHERED = ("max", "min", "logsumexp", "argmax", "argmin")  # combined by one all_gather
-SUMMED = ("sum", "mean")  # combined by one all_reduce SUM
 
 
 def rows(size: int, world: int, rank: int) -> tuple[int, int]:
@@ -67,6 +64,11 @@ class Route:
     collective: str = "none"
     placement_out: str = "Replicate()"
     replicate: bool = False
+    rank: int = 0  # this rank, of ``world`` on the mesh
+    world: int = 1
+    sharded: tuple[bool, ...] = ()  # per operand: whether it is a Shard (else Replicate)
+    results: int = 1  # tensors returned: an argmax over several axes returns one per axis
+    options: tuple = ()  # (name, value) keywords of the local call: lowering, memory_limit
 
 
 def check_operands(tensors) -> None:
@@ -173,7 +175,23 @@ def route(pattern: str, tensors, sizes: tuple, einsum: bool) -> Route:
     shape = bound.output_shape if bound.output_shape is not None else tuple(bound.sizes[a] for a in bound.layout)
     axis, spelled = _sharded_axis(resolved, tensors)
     mesh = tensors[0].device_mesh
-    base = Route("replicated", None, 0, 0, ((),) * len(tensors), pattern, einsum, sizes, shape=tuple(shape), placements_in=tuple(spelled))
+    last = bound.clauses[-1] if bound.clauses else None
+    base = Route(
+        "replicated",
+        None,
+        0,
+        0,
+        ((),) * len(tensors),
+        pattern,
+        einsum,
+        sizes,
+        shape=tuple(shape),
+        placements_in=tuple(spelled),
+        rank=mesh.get_local_rank(),
+        world=mesh.size(),
+        sharded=tuple(isinstance(t.placements[0], api().Shard) for t in tensors),
+        results=len(last[1]) if last is not None and last[0] in ("argmax", "argmin") else 1,
+    )
     if axis is None:
         return base
     offset, length = rows(bound.sizes[axis], mesh.size(), mesh.get_local_rank())

@@ -100,7 +100,7 @@ def refuse_distributed(k: int, tensor) -> None:
     if is_distributed(type(tensor)):
         raise UnsupportedError(
             f"operand {k} is a DTensor: einplan.kernel, code and plan_for take plain tensors or shapes; "
-            f"call einplan.bl or einplan.einsum on DTensors (einplan.explain shows how they run)"
+            f"call einplan.bl or einplan.einsum on DTensors (einplan.explain and einplan.distributed.code show how they run)"
         )
 
 

@@ -75,12 +75,13 @@ def _release_lines(filename: str) -> None:
             linecache.cache.pop(filename, None)
 
 
-def compile_source(source: str, name: str = FUNCTION_NAME) -> Callable:
+def compile_source(source: str, name: str = FUNCTION_NAME, names: dict | None = None) -> Callable:
     """Exec generated source; register it in linecache so tracebacks show real lines.
 
     The entry lives as long as a function compiled from it does: a program dropped from the
     plan cache, or a kernel's function dropped from its table, takes its lines with it once it
-    is collected (functions with one source share one entry)."""
+    is collected (functions with one source share one entry).  ``names``: what else the source
+    may name (a rank's function on DTensors: ``einplan``, ``collectives``, DTensor's classes)."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:12]
     filename = f"<einplan-{digest}>"
     with _LINES_LOCK:
@@ -89,6 +90,7 @@ def compile_source(source: str, name: str = FUNCTION_NAME) -> Callable:
     space = namespace()
     if TRITON_MARK in source:  # a fused step's kernel: its module imports triton too
         space.update(triton_names())
+    space.update(names or {})
     try:
         exec(compile(source, filename, "exec"), space)
         function = space[name]
