@@ -373,3 +373,18 @@ def source_case(name, pattern, shapes, specs, options):
 
 for _name, _case in SOURCES.items():
     source_case(_name, *_case)
+
+
+def compiled(mesh, record):
+    """torch.compile of a function that calls bl on DTensors: the same results as eager bl."""
+    a, b = data([(7, 5), (6, 5)], 96)
+    xs = [as_dtensor(a, mesh, Shard(0)), as_dtensor(b, mesh, Replicate())]
+    for pattern in ("m d, n d -> m n", W9):
+        function = torch.compile(lambda x, y, p=pattern: einplan.bl(p, x, y))
+        got = function(*xs)
+        assert isinstance(got, DTensor), type(got)
+        same(got.full_tensor(), einplan.bl(pattern, a, b), False, f"compiled {pattern}")
+    return {}
+
+
+CASES.append(("compile: bl on DTensors inside torch.compile", compiled))

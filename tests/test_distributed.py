@@ -72,7 +72,24 @@ def assert_ok(found) -> None:
 
 
 @pytest.mark.parametrize(
-    "group", ["kept", "partial", "max", "min", "sum", "mean", "logsumexp", "argmax", "argmin", "refused", "grad", "cache", "explain"]
+    "group",
+    [
+        "kept",
+        "partial",
+        "max",
+        "min",
+        "sum",
+        "mean",
+        "logsumexp",
+        "argmax",
+        "argmin",
+        "refused",
+        "grad",
+        "cache",
+        "explain",
+        "source",
+        "compile",
+    ],
 )
 def test_matches_one_process(report, group):
     assert_ok(entries(report, group))
