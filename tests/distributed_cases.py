@@ -4,6 +4,7 @@ the einplan call itself issued (name, bytes sent), written as one JSON report pe
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -97,7 +98,9 @@ def as_dtensor(t: torch.Tensor, mesh, placement):
 def rank_main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a rank that fails before a collective leaves the other waiting in it: a timeout turns that into
+    # an error the report names, not a hang until the parent's deadline
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     from torch.distributed.tensor import init_device_mesh
 
     import distributed_checks
