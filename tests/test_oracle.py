@@ -512,10 +512,12 @@ def test_tiled_max_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda x: einplan.bl("m d, n d -> | max m n", x, b, memory_limit=limit), (a.requires_grad_(),))
 
 
-# A forced unrolled lowering over 262144 batches of 4x4 runs in chunks of b that lay b last.  The last
+# A forced unrolled lowering over 262144 batches of 4x4 runs, under a 24 MiB limit, in chunks of b that
+# lay b last (the two laid-out copies and the result take 48 MiB at once).  The last
 # chunk is 20 rows: the one loop body (there is no second copy for the tail) must serve it as well,
 # its rows landing in the full chunks' order (once a crash, when the tail had a body of its own: a
 # (20, 4, 4) chunk written into (4, 4, 20) rows).
+LAYOUT_LIMIT = 24 << 20
 LAYOUT_CHANGES = [
     ("b i j, b j k -> b i k", lambda p: p),
     ("b i j, b j k -> b | logsumexp i k", lambda p: torch.logsumexp(p.flatten(1), -1)),
@@ -526,11 +528,11 @@ LAYOUT_CHANGES = [
 def test_a_shorter_last_chunk_in_another_layout_keeps_the_full_chunks_order(default_cost_model, pattern, reduce):
     gen = torch.Generator().manual_seed(3)
     a, b = (torch.randn(262144, 4, 4, generator=gen) for _ in range(2))
-    source = einplan.code(pattern, a, b, lowering="unrolled")
+    source = einplan.code(pattern, a, b, lowering="unrolled", memory_limit=LAYOUT_LIMIT)
     (step,) = [line for line in source.splitlines() if "for i in range(0, x0.shape[0], " in line]
     rows = int(step.split("range(0, x0.shape[0], ")[1].split(")")[0])
     assert source.count("for ") == 1 and 262144 % rows != 0  # whole chunks, then a shorter one
-    got = einplan.bl(pattern, a, b, lowering="unrolled")
+    got = einplan.bl(pattern, a, b, lowering="unrolled", memory_limit=LAYOUT_LIMIT)
     expected = reduce(torch.einsum("bij,bjk->bik", a.double(), b.double()))
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 

@@ -67,6 +67,32 @@ def test_tiny_batched_matrices_are_priced_as_torchs_loop_not_a_gemm():
     assert gpu.estimate.loop_matrices == 0 and gpu.estimate.gemm_flops > 0
 
 
+def test_many_small_ops_move_their_bytes_at_the_tier_of_one_op():
+    """A step of several ops (a transposing copy per operand, one multiply-add per term) rereads
+    what the op before it left in cache: its traffic moves at the tier of its largest op, not of
+    the sum of all its ops' traffic (16384 5x5 products: 7 ops, 1.6 MB each, 26 MB in all)."""
+    model = cost.load_model("cpu")
+    shapes = [(16384, 5, 5), (16384, 5, 5)]
+    (unrolled,) = [c for c in plan_for("b i j, b j k -> b i k", *shapes, lowering=UNROLLED).steps[0].candidates if c.lowering == UNROLLED]
+    e = unrolled.estimate
+    assert e.bytes > model.cache_bytes >= e.working_set == 2 * 16384 * 25 * 4  # one operand and its laid-out copy
+    assert model.breakdown(e)["memory traffic"] == pytest.approx(e.bytes / (model.bandwidth * model.cache_speedup))
+    # what it allocates: the two laid-out copies and the result, each once (not their traffic)
+    assert e.memory == 3 * 16384 * 25 * 4
+    # one op: its traffic is its working set
+    (single,) = [c for c in plan_for("b n, b n -> b n", (4096, 1024), (4096, 1024)).steps[0].candidates if c.lowering == ELEMENTWISE]
+    assert single.estimate.working_set == 0
+    assert model.breakdown(single.estimate)["memory traffic"] == pytest.approx(single.estimate.bytes / model.bandwidth)
+
+
+def test_a_dot_products_multiply_and_sum_are_two_ops_each_in_cache():
+    """b n, b n -> b at 2048x128: the multiply touches 3 MB and the sum 1 MB, both in a 4 MB cache,
+    though the step moves 4.2 MB in all."""
+    model = cost.load_model("cpu")
+    (dot,) = [c for c in plan_for("b n, b n -> b", (2048, 128), (2048, 128)).steps[0].candidates if c.lowering == ELEMENTWISE]
+    assert dot.estimate.bytes > model.cache_bytes >= dot.estimate.working_set == 3 * 2048 * 128 * 4
+
+
 COMPILED_CHOICES = [
     # seed 002 under torch.compile: the broadcast multiply-sum becomes one loop over the
     # batch that reads the inputs once and writes the result; torch.bmm stays a library call

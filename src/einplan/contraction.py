@@ -185,3 +185,17 @@ def torch_lacks(op: str, dtype: torch.dtype) -> str:
     except (RuntimeError, NotImplementedError, TypeError) as error:
         return str(error).splitlines()[0] if str(error) else type(error).__name__
     return ""
+
+
+def align(value: Value, layout) -> ir.Expr:
+    """``value`` permuted to the order of ``layout`` with None for its missing axes (those before its
+    first axis broadcast by themselves)."""
+    present = [a for a in layout if a in value.axes]
+    expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in present))
+    first = next((k for k, a in enumerate(layout) if a in value.axes), len(layout))
+    items = [ir.SLICE if a in value.axes else None for a in layout[first:]]
+    if any(i is None for i in items):
+        while items and items[-1] is ir.SLICE:
+            items.pop()
+        expr = ir.Index(expr, tuple(items))
+    return expr

@@ -52,9 +52,10 @@ class DeviceModel:
     def breakdown(self, estimate: Estimate) -> dict[str, float]:
         """Seconds per cost term: what a step's estimate is made of."""
         bandwidth = self.bandwidth
-        if estimate.bytes <= self.cache_bytes:
+        working_set = estimate.working_set or estimate.bytes
+        if working_set <= self.cache_bytes:
             bandwidth *= self.cache_speedup
-        elif estimate.bytes <= self.llc_bytes:
+        elif working_set <= self.llc_bytes:
             bandwidth *= max(self.llc_speedup, 1.0)
         return {
             "torch ops": estimate.ops * self.op_overhead,
@@ -89,6 +90,10 @@ class Estimate:
     elementwise: float = 0.0
     terms: float = 0.0
     memory: float = 0.0  # peak extra bytes the step allocates
+    # the most bytes one torch op of the step touches (0: the traffic, as for a step of one op):
+    # the cache tier its traffic moves at, since a step of many small ops (unrolled terms, a
+    # transposing copy) rereads what the op before it left in cache
+    working_set: float = 0.0
 
     def gemm_eff(self, model: DeviceModel, m: int, n: int, k: int) -> Estimate:
         """Short dims starve a GEMM: each of M, N, K costs efficiency d / (d + half)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import ir
-from .contraction import Candidate, Context, Contraction, Lowered, Value, assign_result, numel, sum_over, torch_lacks
+from .contraction import Candidate, Context, Contraction, Lowered, Value, align, assign_result, numel, sum_over, torch_lacks
 from .cost import DeviceModel, Estimate
 from .errors import UnsupportedError
 
@@ -24,20 +24,6 @@ UNROLLED = "unrolled"
 CHUNKED = "chunked-reduction"
 FUSED = "fused"  # one Triton kernel: the product's tiles reduced on chip (CUDA, or Triton's interpreter)
 LOWERINGS = (MATMUL, ELEMENTWISE, UNROLLED, CHUNKED, FUSED)
-
-
-def align(value: Value, layout) -> ir.Expr:
-    """``value`` permuted to the order of ``layout`` with None for its missing axes (those before its
-    first axis broadcast by themselves)."""
-    present = [a for a in layout if a in value.axes]
-    expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in present))
-    first = next((k for k, a in enumerate(layout) if a in value.axes), len(layout))
-    items = [ir.SLICE if a in value.axes else None for a in layout[first:]]
-    if any(i is None for i in items):
-        while items and items[-1] is ir.SLICE:
-            items.pop()
-        expr = ir.Index(expr, tuple(items))
-    return expr
 
 
 class Lowering:
@@ -86,7 +72,8 @@ class ElementwiseSum(Lowering):
         into = self._into(step, context)
         full = step.numel(step.kept + step.summed)
         out = step.numel(step.kept)
-        traffic = step.numel(step.a.axes) + step.numel(step.b.axes) + out + (2 * full if exists else 0)
+        inputs = step.numel(step.a.axes) + step.numel(step.b.axes)
+        traffic = inputs + out + (2 * full if exists else 0)
         itemsize = step.dtype.itemsize
         return Estimate(
             flops=2 * full if step.summed else full,
@@ -95,6 +82,8 @@ class ElementwiseSum(Lowering):
             elementwise=full if step.summed else 0,  # a product summed; one only written is its memory traffic
             reductions=out if exists and step.numel(step.summed) < 64 else 0,
             memory=((full if into is None else 0) + out) * itemsize if exists else (0 if into is not None else out * itemsize),
+            # two ops when the product exists: the multiply (both inputs and the product), then its sum
+            working_set=max(inputs + full, full + out) * itemsize if exists else 0,
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
@@ -370,10 +359,12 @@ class Unrolled(Lowering):
             return None
         itemsize = step.dtype.itemsize
         terms = step.numel(layout.summed)
-        copied, reads = 0.0, 0
+        copied, reads, laid, largest_copy = 0.0, 0, 0, 0
         for value, order in zip((step.a, step.b), layout.laid, strict=True):
             if order is not None:
                 copied += step.numel(value.axes) * _gather_factor(value, order[-1], step.sizes, itemsize)
+                laid += step.numel(value.axes)
+                largest_copy = max(largest_copy, 2 * step.numel(value.axes))  # its source and its copy
                 value = Value(value.var, order)
             # a term reads its slice; a strided slice (summed axes not leading) drags in whole cache lines
             leading = value.axes[: len(layout.summed)] == tuple(layout.summed)
@@ -386,7 +377,8 @@ class Unrolled(Lowering):
             ops=terms + (2 if copied else 0),
             elementwise=out * terms * max(1.0, 8.0 / max(inner, 1)),  # short inner loops cost more per element
             terms=terms,
-            memory=(out + copied) * itemsize,
+            memory=(out + laid) * itemsize,
+            working_set=max(largest_copy, out + reads) * itemsize,  # one copy, or one term: the result and its slices
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
