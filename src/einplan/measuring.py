@@ -6,7 +6,8 @@ matmuls).  Where a plan's contraction steps have other lowerings within
 :data:`CLOSE` of the winner's estimate, ``bl``'s first calls on that signature
 take turns between the plan and, for each such lowering, the plan with it
 forced on every step, on the caller's own tensors: one warm-up call each, then
-:data:`ROUNDS` timed calls each.  The fastest by its median is kept (the
+timed calls in turn, at least :data:`ROUNDS` each and until each one's add up to
+:data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The fastest by its median is kept (the
 program's function is replaced, so later calls cost what they always did) and
 recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
 signature reuses.  The plans compute the same result (each is tested against
@@ -33,7 +34,9 @@ from .lowerings import CONTRACTIONS
 
 ENVIRONMENT = "EINPLAN_MEASURE"
 CLOSE = 2.0  # a lowering whose estimate is within this factor of the winner's is timed too
-ROUNDS = 3  # timed calls of each candidate, after one warm-up call each
+ROUNDS = 3  # timed calls of each candidate at least, after one warm-up call each
+TRIAL_SECONDS = 2e-3  # ... and more until its timed calls add up to this (short calls are noisy) ...
+MAX_ROUNDS = 25  # ... or it has this many
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
 
 _enabled = [True]
@@ -137,10 +140,16 @@ class Trial:
         self._record(self.names[k], time.perf_counter() - start)
         return result
 
+    @staticmethod
+    def _timed_enough(times: list) -> bool:
+        """ROUNDS timed calls, and enough of them that they add up to TRIAL_SECONDS (a call of 40 us
+        varies by 20% from one call to the next), MAX_ROUNDS at most."""
+        return len(times) >= MAX_ROUNDS or (len(times) >= ROUNDS and sum(times) >= TRIAL_SECONDS)
+
     def _record(self, name: str, seconds: float) -> None:
         with self.lock:
             self.times.setdefault(name, []).append(seconds)
-            if self.settled or any(len(self.times.get(n, ())) < ROUNDS for n in self.names):
+            if self.settled or not all(self._timed_enough(self.times.get(n, [])) for n in self.names):
                 return
             self.settled = True
         medians = {n: statistics.median(self.times[n]) for n in self.names}
