@@ -127,7 +127,7 @@ def test_a_real_calibration_is_quick_and_sane(tmp_path):
     script = (
         "import time, einplan; from einplan.runtime import plan_for; t = time.perf_counter(); "
         "m = plan_for('b n, m n -> b m', (64, 500), (1000, 500)).model; "
-        "print(time.perf_counter() - t); print(m.origin); print(m.gemm_rate, m.bandwidth, m.op_overhead)"
+        "print(time.perf_counter() - t); print(m.origin); print(m.gemm_rate, m.bandwidth, m.op_overhead, m.fresh_page)"
     )
     env = {"EINPLAN_CACHE_DIR": str(tmp_path), "EINPLAN_CALIBRATE": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
@@ -159,3 +159,15 @@ def test_a_working_set_in_the_last_level_cache_moves_at_its_speed():
     assert seconds[16e6] == pytest.approx(16e6 / (model.bandwidth * 3.0))
     assert seconds[64e6] == pytest.approx(64e6 / model.bandwidth)
     assert cost.CPU.llc_bytes == 0.0  # the shipped constants have no such level: their plans are unchanged
+
+
+def test_an_allocation_mapped_fresh_pays_for_its_pages():
+    """Each allocation of at least ``fresh_bytes`` is mapped anew on every call (glibc's largest mmap
+    threshold) and priced per page faulted in; smaller ones, reused from the heap, are not."""
+    from einplan.cost import PAGE, Estimate
+
+    model = replace(cost.CPU, fresh_page=1e-6)
+    big, small = model.fresh_bytes, model.fresh_bytes - PAGE
+    assert model.breakdown(Estimate(allocations=(big, small)))["fresh memory"] == pytest.approx(big / PAGE * 1e-6)
+    assert model.breakdown(Estimate(allocations=(small, small)))["fresh memory"] == 0
+    assert cost.CUDA.fresh_page == 0  # CUDA's caching allocator reuses its blocks

@@ -93,6 +93,28 @@ def test_a_dot_products_multiply_and_sum_are_two_ops_each_in_cache():
     assert dot.estimate.bytes > model.cache_bytes >= dot.estimate.working_set == 3 * 2048 * 128 * 4
 
 
+def test_each_lowering_lists_what_it_allocates():
+    """A product written before its sum, a GEMM's result and its copies, an unrolled step's laid-out
+    copies: the tensors a lowering allocates on each call, in bytes (the fresh-memory term prices
+    those of at least ``fresh_bytes``)."""
+    model = cost.load_model("cpu")
+    shapes = [(64, 512, 256), (64, 512, 256)]
+    found = {c.lowering: c.estimate for c in plan_for("b n d, b n d -> b d", *shapes, lowering=ELEMENTWISE).steps[0].candidates}
+    product, out = 64 * 512 * 256 * 4, 64 * 256 * 4
+    # the GEMM brings d beside b: a transposing copy of each operand
+    assert found[ELEMENTWISE].allocations == (product, out) and found[MATMUL].allocations == (out, product, product)
+    assert model.breakdown(found[ELEMENTWISE])["fresh memory"] == pytest.approx(product / cost.PAGE * model.fresh_page)
+    assert model.breakdown(found[MATMUL])["fresh memory"] == pytest.approx(2 * product / cost.PAGE * model.fresh_page)
+    (small,) = [c for c in plan_for("b n, b n -> b", (64, 64), (64, 64)).steps[0].candidates if c.lowering == MATMUL]
+    assert model.breakdown(small.estimate)["fresh memory"] == 0
+    (unrolled,) = [
+        c
+        for c in plan_for("b i j, b j k -> b i k", (64, 5, 5), (64, 5, 5), lowering=UNROLLED).steps[0].candidates
+        if c.lowering == UNROLLED
+    ]
+    assert unrolled.estimate.allocations == (64 * 25 * 4,) * 3  # the result and both operands laid out b last
+
+
 COMPILED_CHOICES = [
     # seed 002 under torch.compile: the broadcast multiply-sum becomes one loop over the
     # batch that reads the inputs once and writes the result; torch.bmm stays a library call

@@ -97,7 +97,9 @@ class Chunking:
         """The full step's estimate, with one set of ops per chunk (tile) and one chunk's memory."""
         chunks = math.prod(self.grid)
         ops = self.full.ops * chunks + 2 * len(clauses) * chunks
-        return replace(self.full, ops=ops, memory=self.rows * self.per_row)
+        output = self.step.numel(self.step.kept) * self.step.dtype.itemsize if self.mode == "output" else 0
+        # one chunk's temporaries, reused from the heap; the result, when its slices are written
+        return replace(self.full, ops=ops, memory=self.rows * self.per_row, allocations=(output,) if output else ())
 
     def describe(self) -> str:
         if self.column is None:

@@ -20,6 +20,8 @@ import torch
 
 from .errors import EinplanError
 
+PAGE = 4096  # bytes of a memory page
+
 
 @dataclass(frozen=True)
 class DeviceModel:
@@ -46,6 +48,10 @@ class DeviceModel:
     # than from memory (0: no such level; measured with the CPU's cache size by tune and calibration)
     llc_bytes: float = 0.0
     llc_speedup: float = 0.0
+    # an allocation this large is mapped fresh on every call and its pages faulted in anew (glibc's
+    # largest mmap threshold; smaller ones are reused from the heap): seconds per 4 KiB page of it
+    fresh_bytes: float = 32 * 2**20
+    fresh_page: float = 0.0
     # where the constants come from, for explain: not a constant, and not compared
     origin: str = field(default="shipped constants", compare=False)
 
@@ -67,6 +73,7 @@ class DeviceModel:
             "short reductions": estimate.reductions * self.reduce_overhead,
             "elementwise work": estimate.elementwise / self.elementwise_rate,
             "memory traffic": estimate.bytes / bandwidth,
+            "fresh memory": sum(a for a in estimate.allocations if a >= self.fresh_bytes) / PAGE * self.fresh_page,
         }
 
     def seconds(self, estimate: Estimate) -> float:
@@ -94,6 +101,7 @@ class Estimate:
     # the cache tier its traffic moves at, since a step of many small ops (unrolled terms, a
     # transposing copy) rereads what the op before it left in cache
     working_set: float = 0.0
+    allocations: tuple = ()  # bytes of each tensor the step allocates on every call
 
     def gemm_eff(self, model: DeviceModel, m: int, n: int, k: int) -> Estimate:
         """Short dims starve a GEMM: each of M, N, K costs efficiency d / (d + half)."""
@@ -119,6 +127,7 @@ CPU = DeviceModel(
     loop_matrix=1.5e-9,
     loop_fma=4.2e-10,
     loop_output=2.7e-9,
+    fresh_page=5.0e-7,  # a guess between bare metal (about 0.25 us a fault) and a VM's (about 1 us)
 )
 
 
@@ -155,7 +164,7 @@ CUDA = DeviceModel(
 DEFAULTS = {"cpu": CPU, "cuda": CUDA}
 CONSTANTS = tuple(f.name for f in fields(DeviceModel) if f.name not in ("kind", "origin"))
 # constants a model may hold as 0: no bfloat16 screen, no small-matrix loop kernel (a GPU's)
-MAY_BE_ZERO = ("screen_rate", "loop_limit", "loop_matrix", "loop_fma", "loop_output", "llc_bytes", "llc_speedup")
+MAY_BE_ZERO = ("screen_rate", "loop_limit", "loop_matrix", "loop_fma", "loop_output", "llc_bytes", "llc_speedup", "fresh_page")
 
 
 def cache_file() -> Path:
@@ -360,6 +369,15 @@ def _memory_constants(timed, opts, op_overhead: float, quick: bool) -> dict:
     }
 
 
+def _fresh_page(timed, opts) -> float:
+    """Seconds per page of an allocation above the fresh threshold: filling a new one against
+    filling one kept (their difference is the faults of mapping it anew)."""
+    n = int(1.5 * DeviceModel.fresh_bytes) // 4
+    kept = torch.empty(n, **opts)
+    difference = timed(lambda: torch.empty(n, **opts).fill_(1.0), 5) - timed(lambda: kept.fill_(1.0), 5)
+    return max(difference, 0.0) / (n * 4 / PAGE)
+
+
 def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     """Measure this machine's constants with a handful of small torch kernels (on a CPU or a CUDA
     device: only they run kernels whose time means something)."""
@@ -382,7 +400,8 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     constants.update(_loop_constants(timed, opts, op_overhead, base))
     constants.update(_memory_constants(timed, opts, op_overhead, quick))
     screen_rate = 0.0
-    if kind == "cpu":  # the bfloat16 GEMM of a screen: a tile of the P5 shape
+    if kind == "cpu":  # fresh pages (CUDA's caching allocator reuses its blocks); a screen's bfloat16 GEMM
+        constants["fresh_page"] = _fresh_page(timed, opts)
         h1, h2 = torch.randn(2048, 128).bfloat16(), torch.randn(128, 1024).bfloat16()
         screen_rate = 2 * 2048 * 1024 * 128 / max(timed(lambda: h1 @ h2) - op_overhead, 1e-9)
     return replace(base, op_overhead=op_overhead, screen_rate=screen_rate, **constants)

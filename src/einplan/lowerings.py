@@ -82,6 +82,9 @@ class ElementwiseSum(Lowering):
             elementwise=full if step.summed else 0,  # a product summed; one only written is its memory traffic
             reductions=out if exists and step.numel(step.summed) < 64 else 0,
             memory=((full if into is None else 0) + out) * itemsize if exists else (0 if into is not None else out * itemsize),
+            allocations=tuple(
+                n * itemsize for n in ((full if into is None else 0, out) if exists else (0 if into is not None else out,)) if n
+            ),
             # two ops when the product exists: the multiply (both inputs and the product), then its sum
             working_set=max(inputs + full, full + out) * itemsize if exists else 0,
         )
@@ -217,6 +220,7 @@ class MatmulBroadcast(Lowering):
             bytes=(step.numel(layout.left.axes) + step.numel(layout.right.axes) + out + 2 * sum(copies)) * itemsize,
             ops=1 + sum(1 for c in copies if c),
             memory=(out + sum(copies)) * itemsize,
+            allocations=tuple(n * itemsize for n in (out, *copies) if n),
         )
         if layout.batch and M * N * K < model.loop_limit:  # torch loops over tiny matrices instead of a GEMM
             return replace(estimate, loop_matrices=B, loop_fmas=B * M * N * K, loop_outputs=out)
@@ -359,12 +363,11 @@ class Unrolled(Lowering):
             return None
         itemsize = step.dtype.itemsize
         terms = step.numel(layout.summed)
-        copied, reads, laid, largest_copy = 0.0, 0, 0, 0
+        copied, reads, laid = 0.0, 0, []
         for value, order in zip((step.a, step.b), layout.laid, strict=True):
             if order is not None:
                 copied += step.numel(value.axes) * _gather_factor(value, order[-1], step.sizes, itemsize)
-                laid += step.numel(value.axes)
-                largest_copy = max(largest_copy, 2 * step.numel(value.axes))  # its source and its copy
+                laid.append(step.numel(value.axes))
                 value = Value(value.var, order)
             # a term reads its slice; a strided slice (summed axes not leading) drags in whole cache lines
             leading = value.axes[: len(layout.summed)] == tuple(layout.summed)
@@ -377,8 +380,9 @@ class Unrolled(Lowering):
             ops=terms + (2 if copied else 0),
             elementwise=out * terms * max(1.0, 8.0 / max(inner, 1)),  # short inner loops cost more per element
             terms=terms,
-            memory=(out + laid) * itemsize,
-            working_set=max(largest_copy, out + reads) * itemsize,  # one copy, or one term: the result and its slices
+            memory=(out + sum(laid)) * itemsize,
+            working_set=max([2 * n for n in laid] + [out + reads]) * itemsize,  # one copy (source and copy), or one term
+            allocations=tuple(n * itemsize for n in (out, *laid)),
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:

@@ -96,7 +96,9 @@ class Screen:
         exact = 2.0 * self.exact_rows * self.step.sizes[chunking.column] * self.step.sizes[self.depth_axis]
         screen = full.gemm_flops * model.gemm_rate / model.screen_rate
         ops = math.prod(chunking.grid) * (full.ops + 2) + 24
-        return replace(full, flops=full.flops + exact, gemm_flops=screen + exact, bytes=full.bytes / 2, ops=ops, memory=self.memory())
+        return replace(
+            full, flops=full.flops + exact, gemm_flops=screen + exact, bytes=full.bytes / 2, ops=ops, memory=self.memory(), allocations=()
+        )
 
     def describe(self) -> str:
         return (

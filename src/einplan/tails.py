@@ -106,10 +106,10 @@ def plan(tail: Tail, context: Context, limit: int):
 def _total(estimates: list[Estimate], chunks: int, memory: float) -> Estimate:
     """The steps' estimates added up (each GEMM's flops weighted by its efficiency), their ops once
     per chunk, and one chunk's memory."""
-    summed = {f.name: sum(getattr(e, f.name) for e in estimates) for f in fields(Estimate)}
+    summed = {f.name: sum(getattr(e, f.name) for e in estimates) for f in fields(Estimate) if f.name != "allocations"}
     summed["gemm_flops"] = sum(e.gemm_flops / max(e.gemm_efficiency, 1e-12) for e in estimates)
     summed.update(gemm_efficiency=1.0, ops=summed["ops"] * chunks, memory=memory)
-    return Estimate(**summed)
+    return Estimate(**summed)  # no allocations priced fresh: one chunk's temporaries, reused
 
 
 def _emit(tail: Tail, context: Context, axis: str, rows: int, final: Value) -> tuple[list, Value]:
