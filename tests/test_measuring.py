@@ -41,6 +41,12 @@ def test_which_signatures_are_close_calls():
     assert measuring.close_call(plan_for("m d, n d -> | max m n", (3000, 64), (3000, 64))) is None  # chunked
 
 
+def most_calls(candidates: int) -> int:
+    """The most calls a trial of this many candidates takes to settle: a warm-up each, then
+    MAX_ROUNDS rounds of BLOCK calls each."""
+    return candidates * (1 + measuring.BLOCK * measuring.MAX_ROUNDS)
+
+
 def test_a_trial_of_three_takes_turns_and_keeps_the_fastest():
     kept = []
 
@@ -52,8 +58,8 @@ def test_a_trial_of_three_takes_turns_and_keeps_the_fastest():
         return run
 
     names = ("chosen", "second", "third")
-    trial = measuring.Trial(names, (after(0.004), after(0.002), after(0.0)), torch.device("cpu"), lambda k, m: kept.append((k, m)))
-    results = [trial(k) for k in range(3 + 3 * measuring.MAX_ROUNDS)]
+    trial = measuring.Trial(names, (after(0.004), after(0.003), after(0.002)), torch.device("cpu"), lambda k, m: kept.append((k, m)))
+    results = [trial(k) for k in range(most_calls(3))]
     assert results == [2 * k for k in range(len(results))]
     ((name, measured),) = kept
     assert name == "third" and set(measured.seconds) == set(names)
@@ -73,9 +79,54 @@ def test_short_calls_are_timed_until_their_time_adds_up():
             calls += 1
         return calls
 
-    assert calls_to_settle(lambda x: x) == 2 + 2 * measuring.MAX_ROUNDS  # instant calls: the most rounds
+    assert calls_to_settle(lambda x: x) == most_calls(2)  # instant calls: the most rounds
     slow = measuring.TRIAL_SECONDS / measuring.ROUNDS * 1.2
-    assert calls_to_settle(lambda x: time.sleep(slow)) == 2 + 2 * measuring.ROUNDS  # ROUNDS such calls add up
+    assert calls_to_settle(lambda x: time.sleep(slow)) == 2 * (1 + measuring.BLOCK * measuring.ROUNDS)  # ROUNDS such calls add up
+
+
+def test_each_candidate_runs_a_block_in_a_row_and_the_order_rotates():
+    """As in the caller's loop of one plan, a candidate's timed call follows a call of itself, and
+    no candidate always runs after the same other one."""
+    ran, kept = [], []
+    functions = tuple((lambda name: lambda x: ran.append(name) or x)(name) for name in "abc")
+    trial = measuring.Trial(("a", "b", "c"), functions, torch.device("cpu"), lambda k, m: kept.append(k))
+    for call in range(3 + 3 * measuring.BLOCK * 3):
+        trial(call)
+    blocks = ["".join(ran[3 + i : 3 + i + measuring.BLOCK]) for i in range(0, 9 * measuring.BLOCK, measuring.BLOCK)]
+    assert ran[:3] == ["a", "b", "c"]  # the warm-up calls
+    assert blocks == [name * measuring.BLOCK for name in "abcbcacab"]
+
+
+def test_a_candidate_far_slower_on_its_warm_up_is_not_timed_again():
+    """A warm-up call over DROP times the fastest one's: the candidate is out, reported by that one call."""
+    calls, kept = {"chosen": 0, "slow": 0, "fast": 0}, []
+
+    def counted(name, seconds):
+        def run(x):
+            calls[name] += 1
+            time.sleep(seconds)
+            return x
+
+        return run
+
+    fast = measuring.TRIAL_SECONDS
+    functions = (counted("chosen", fast), counted("slow", fast * (measuring.DROP + 1)), counted("fast", fast / 2))
+    trial = measuring.Trial(tuple(calls), functions, torch.device("cpu"), lambda k, m: kept.append((k, m)))
+    while not kept:
+        trial(0)
+    ((name, measured),) = kept
+    assert name == "fast" and calls["slow"] == 1 and calls["chosen"] > 1
+    assert measured.warm_up_only == ("slow",) and "slow" in measured.describe() and "(one call)" in measured.describe()
+
+
+def test_a_trial_whose_others_are_all_far_slower_keeps_the_choice_after_the_warm_ups():
+    kept = []
+    fast = measuring.TRIAL_SECONDS / 4
+    functions = (lambda x: time.sleep(fast), lambda x: time.sleep(fast * (measuring.DROP + 1)))
+    trial = measuring.Trial(("chosen", "slow"), functions, torch.device("cpu"), lambda k, m: kept.append(k))
+    trial(0)
+    trial(0)
+    assert kept == ["chosen"]
 
 
 def test_every_lowering_near_the_choice_is_a_candidate():
@@ -89,7 +140,7 @@ def test_every_lowering_near_the_choice_is_a_candidate():
 
 def test_bl_times_every_near_lowering_and_keeps_one(measuring_on):
     a, b = torch.randn(262144, 4), torch.randn(262144, 4)
-    for _ in range(3 + 3 * measuring.MAX_ROUNDS):
+    for _ in range(most_calls(3)):
         torch.testing.assert_close(einplan.bl("b n, b n -> b", a, b), (a * b).sum(-1))
     (measured,) = measuring.MEASURED.values()
     assert set(measured.seconds) == {"matmul-broadcast", "elementwise-sum", "unrolled"}
@@ -115,7 +166,7 @@ def test_a_chain_is_measured_against_its_closest_steps_runner_up_on_every_step(m
     runner = measuring.close_call(plan)
     assert runner == "elementwise-sum"
     want = torch.einsum("bi,bij,bj->b", *tensors)
-    for _ in range(2 + 2 * measuring.MAX_ROUNDS):
+    for _ in range(most_calls(2)):
         torch.testing.assert_close(einplan.bl("b i, b i j, b j -> b", *tensors), want)
     (measured,) = measuring.MEASURED.values()
     assert set(measured.seconds) == {"matmul-broadcast + matmul-broadcast", runner}
@@ -130,7 +181,7 @@ def test_a_trial_keeps_the_faster_and_returns_every_result():
         return x + 1
 
     trial = measuring.Trial(("slow", "fast"), (slow, lambda x: x + 1), torch.device("cpu"), lambda k, m: kept.append((k, m)))
-    results = [trial(k) for k in range(2 + 2 * measuring.MAX_ROUNDS + 2)]
+    results = [trial(k) for k in range(most_calls(2) + 2)]
     assert results == [k + 1 for k in range(len(results))]
     ((name, measured),) = kept  # settled once
     assert name == "fast" and measured.seconds["slow"] > measured.seconds["fast"] and "kept fast" in measured.describe()
@@ -141,7 +192,7 @@ def test_bl_times_a_close_call_then_runs_the_kept_plan_alone(measuring_on):
     a, b = (torch.randn(s) for s in shapes)
     want = (a * b).sum(-1)
     assert isinstance(program_of(pattern, a, b).function, measuring.Trial)
-    for _ in range(2 + 2 * measuring.MAX_ROUNDS):
+    for _ in range(most_calls(2)):
         torch.testing.assert_close(einplan.bl(pattern, a, b), want, rtol=1e-4, atol=1e-3)  # float32 sums of 4096
     program = program_of(pattern, a, b)
     (measured,) = measuring.MEASURED.values()

@@ -5,9 +5,11 @@ product priced within 3% of a bmm ran 3x faster; outer products, 3x3 batched
 matmuls).  Where a plan's contraction steps have other lowerings within
 :data:`CLOSE` of the winner's estimate, ``bl``'s first calls on that signature
 take turns between the plan and, for each such lowering, the plan with it
-forced on every step, on the caller's own tensors: one warm-up call each, then
-timed calls in turn, at least :data:`ROUNDS` each and until each one's add up to
-:data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The fastest by its median is kept (the
+forced on every step, on the caller's own tensors: one warm-up call each (one
+over :data:`DROP` times the fastest warm-up drops its plan), then rounds of
+:data:`BLOCK` calls of each plan in a row, the last one timed, the order rotated
+every round, at least :data:`ROUNDS` timed calls each and until each one's add up
+to :data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The fastest by its median is kept (the
 program's function is replaced, so later calls cost what they always did) and
 recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
 signature reuses.  The plans compute the same result (each is tested against
@@ -34,9 +36,11 @@ from .lowerings import CONTRACTIONS
 
 ENVIRONMENT = "EINPLAN_MEASURE"
 CLOSE = 2.0  # a lowering whose estimate is within this factor of the winner's is timed too
-ROUNDS = 3  # timed calls of each candidate at least, after one warm-up call each
+ROUNDS = 5  # timed calls of each candidate at least, after one warm-up call each
 TRIAL_SECONDS = 2e-3  # ... and more until its timed calls add up to this (short calls are noisy) ...
 MAX_ROUNDS = 25  # ... or it has this many
+BLOCK = 2  # calls of one candidate in a row in a timed round, the last of them timed
+DROP = 3.0  # a candidate whose warm-up call took this many times the fastest one's is not timed further
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
 
 _enabled = [True]
@@ -90,9 +94,13 @@ class Measured:
 
     seconds: dict[str, float]
     kept: str
+    warm_up_only: tuple[str, ...] = ()  # candidates timed by their warm-up call alone (DROP times too slow)
 
     def describe(self) -> str:
-        times = ", ".join(f"{name} {s * 1e6:.1f} us" for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1]))
+        times = ", ".join(
+            f"{name} {s * 1e6:.1f} us" + (" (one call)" if name in self.warm_up_only else "")
+            for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1])
+        )
         return f"measured on the first calls: {times}; kept {self.kept}"
 
 
@@ -119,6 +127,8 @@ class Trial:
     device: torch.device
     settle: Callable[[str, Measured], None]
     times: dict = field(default_factory=dict)
+    warm_ups: dict = field(default_factory=dict)  # name -> seconds of its warm-up call
+    active: tuple = ()  # the candidates of the timed rounds (indices), once every one has warmed up
     calls: int = 0
     settled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -127,8 +137,9 @@ class Trial:
         with self.lock:
             turn = self.calls
             self.calls += 1
-        k = turn % len(self.names)
-        if turn < len(self.names) or self.settled:  # a warm-up call, or one racing the settle
+        warm_up = turn < len(self.names)
+        k, timed = (turn, True) if warm_up else self.candidate(turn - len(self.names))
+        if self.settled or not timed:  # a block's first call, or one racing the settle
             return self.functions[k](*tensors)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
         if sync is not None:
@@ -137,8 +148,38 @@ class Trial:
         result = self.functions[k](*tensors)
         if sync is not None:
             sync(self.device)
-        self._record(self.names[k], time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if warm_up:
+            self._warmed(self.names[k], seconds)
+        else:
+            self._record(self.names[k], seconds)
         return result
+
+    def _warmed(self, name: str, seconds: float) -> None:
+        """After every warm-up call: a candidate whose warm-up took over :data:`DROP` times the fastest
+        one's is out of the timed rounds (it cannot win, and a call that writes a large product
+        flushes the caches of the call after it); the cost model's choice always stays in."""
+        with self.lock:
+            self.warm_ups[name] = seconds
+            if len(self.warm_ups) < len(self.names):
+                return
+            fastest = min(self.warm_ups.values())
+            self.active = tuple(k for k, n in enumerate(self.names) if k == 0 or self.warm_ups[n] <= DROP * fastest)
+            if len(self.active) > 1 or self.settled:
+                return
+            self.settled = True  # every other candidate is out: the cost model's choice stays
+        self.settle(self.names[0], Measured(dict(self.warm_ups), self.names[0], warm_up_only=self.names[1:]))
+
+    def candidate(self, turn: int) -> tuple[int, bool]:
+        """Which candidate runs on timed-round call ``turn``, and whether that call is timed: each
+        candidate in turn runs :data:`BLOCK` calls in a row and only the last is timed, as in the
+        caller's loop of one plan (the call after another candidate finds that one's freed memory and
+        flushed caches: 3x3 batched matmuls measured 10-14 ms in an alternating trial, 6 ms in a
+        loop); the order is rotated by one every round, so no candidate always follows the same one."""
+        active = self.active or tuple(range(len(self.names)))
+        block, offset = divmod(turn, BLOCK)
+        rounds, position = divmod(block, len(active))
+        return active[(position + rounds) % len(active)], offset == BLOCK - 1
 
     @staticmethod
     def _timed_enough(times: list) -> bool:
@@ -149,12 +190,15 @@ class Trial:
     def _record(self, name: str, seconds: float) -> None:
         with self.lock:
             self.times.setdefault(name, []).append(seconds)
-            if self.settled or not all(self._timed_enough(self.times.get(n, [])) for n in self.names):
+            timed = [self.names[k] for k in self.active] if self.active else self.names
+            if self.settled or not all(self._timed_enough(self.times.get(n, [])) for n in timed):
                 return
             self.settled = True
-        medians = {n: statistics.median(self.times[n]) for n in self.names}
-        kept = min(self.names, key=lambda n: medians[n])  # ties keep the cost model's choice (first)
-        self.settle(kept, Measured(medians, kept))
+        medians = {n: statistics.median(self.times[n]) for n in timed}
+        kept = min(timed, key=lambda n: medians[n])  # ties keep the cost model's choice (first)
+        dropped = tuple(n for n in self.names if n not in medians)
+        medians.update({n: self.warm_ups[n] for n in dropped})
+        self.settle(kept, Measured(medians, kept, warm_up_only=dropped))
 
 
 def pending(plan, forced: Callable) -> tuple | None:
