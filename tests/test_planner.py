@@ -160,6 +160,31 @@ def test_shared_operand_is_never_expanded_or_copied():
         assert "expand" not in source and "repeat" not in source and "contiguous" not in source, source
 
 
+VECTOR_FORMS = [
+    ("n, n ->", [(7,), (7,)], "n,n->", "torch.matmul(x0, x1)"),
+    ("n, n ->", [(0,), (0,)], "n,n->", "torch.matmul(x0, x1)"),
+    ("m k, k -> m", [(5, 3), (3,)], "mk,k->m", "torch.matmul(x0, x1)"),
+    ("k m, k -> m", [(3, 5), (3,)], "km,k->m", "torch.matmul(x0.mT, x1)"),
+    ("k, k m -> m", [(1,), (1, 4)], "k,km->m", "torch.matmul(x1.mT, x0)"),
+]
+
+
+@pytest.mark.parametrize("pattern, shapes, equation, call", VECTOR_FORMS)
+def test_a_dot_product_or_matvec_is_one_matmul_of_a_vector(pattern, shapes, equation, call):
+    """Unbatched, matmul-broadcast hands torch a vector (its dot and mv), not a 1-wide GEMM."""
+    tensors = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    source = einplan.code(pattern, *tensors, lowering=MATMUL)
+    assert f"t0 = {call}  #" in source and "unsqueeze" not in source, source
+    torch.testing.assert_close(einplan.bl(pattern, *tensors, lowering=MATMUL), torch.einsum(equation, *tensors), rtol=1e-12, atol=1e-12)
+
+
+def test_a_dot_product_is_priced_as_one_pass_not_a_gemm():
+    """torch.dot reads the two vectors once; a 1x1 GEMM was priced (and ran) far slower."""
+    step = plan_for("n, n ->", (1000000,), (1000000,)).steps[0]
+    matmul = next(c for c in step.candidates if c.lowering == MATMUL)
+    assert matmul.estimate.gemm_flops == 0 and matmul.estimate.elementwise == 1000000
+
+
 CUDA_CHOICES = [
     ("b1 b2 n, n n, b1 b2 n -> b1 b2", [(80, 20, 64), (64, 64), (80, 20, 64)], [MATMUL, ELEMENTWISE]),
     ("b n, m n -> b m", [(10000, 500), (1000, 500)], [MATMUL]),

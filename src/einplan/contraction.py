@@ -2,7 +2,9 @@
 
 A :class:`Contraction` is frozen: a lowering prices it and emits it from the
 same description.  :class:`Context` carries what emitting needs beside it (fresh
-names, the options, the device's constants).
+names, the options, the device's constants).  The views every lowering builds
+from its operands live here too: ``align`` (axes reordered and broadcast) and
+``grouped``/``ungrouped`` (axes merged into one dim per group, and split again).
 """
 
 from __future__ import annotations
@@ -198,4 +200,37 @@ def align(value: Value, layout) -> ir.Expr:
         while items and items[-1] is ir.SLICE:
             items.pop()
         expr = ir.Index(expr, tuple(items))
+    return expr
+
+
+def grouped(value: Value, groups: list[list[str]]) -> ir.Expr:
+    """``value`` permuted to the concatenated groups, then one dim per group: a group of
+    several axes flattened, an empty group a new dim of 1.  No size is written."""
+    layout = [x for group in groups for x in group]
+    expr = ir.permute(ir.Var(value.var), tuple(value.axes.index(a) for a in layout))
+    position = 0
+    for group in groups:
+        if not group:
+            expr = ir.Method(expr, "unsqueeze", (ir.Const(position),))
+        elif len(group) > 1:
+            expr = ir.Method(expr, "flatten", (ir.Const(position), ir.Const(position + len(group) - 1)))
+        position += 1
+    return expr
+
+
+def ungrouped(expr: ir.Expr, groups: list[list[str]], step: Contraction) -> ir.Expr:
+    """The inverse of ``grouped`` on a result: merged dims split (a free axis's size as -1),
+    then the dims of empty groups dropped in one ``squeeze``."""
+    for position in reversed(range(len(groups))):
+        group = groups[position]
+        if len(group) > 1:
+            shape = tuple(-1 if x in step.free else step.sizes[x] for x in group)
+            expr = ir.Method(expr, "unflatten", (ir.Const(position), ir.Const(shape, step.fixed(group))))
+    empty, position = [], 0
+    for group in groups:
+        if not group:
+            empty.append(position)
+        position += max(len(group), 1)
+    if empty:
+        expr = ir.Method(expr, "squeeze", (ir.Const(empty[0] if len(empty) == 1 else tuple(empty)),))
     return expr
