@@ -189,6 +189,7 @@ class Result:
     best: str | None = None
     regret: float | None = None
     einsum_ratio: float | None = None
+    same_code: bool = False  # the default plan's generated code is the best lowering's, line for line
 
     def median(self, name: str) -> float | None:
         t = self.timings.get(name)
@@ -303,9 +304,23 @@ def measure(sig: Signature, settings: Settings) -> Result:
     if lowered:
         result.best = min(lowered, key=lowered.get)
         result.regret = result.median(DEFAULT) / lowered[result.best]
+        result.same_code = same_code(sig, tensors, result.best)
     if EINSUM in result.timings:
         result.einsum_ratio = result.median(DEFAULT) / result.median(EINSUM)
     return result
+
+
+def same_code(sig: Signature, tensors: list, best: str) -> bool:
+    """Whether the default plan (after any close call it measured) runs the very code the best forced
+    lowering runs: a regret there is the spread of two timings of one function, not a planning error."""
+    import einplan
+
+    sizes = dict(sig.sizes)
+    try:
+        lowering = best.removeprefix("lowering=")
+        return einplan.code(sig.pattern, *tensors, **sizes) == einplan.code(sig.pattern, *tensors, lowering=lowering, **sizes)
+    except Exception:  # a plan code() cannot render: count it as different code
+        return False
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -320,6 +335,8 @@ def summarize(results: list) -> dict:
     regrets = [r for r in results if r.regret is not None]
     einsums = [r for r in results if r.einsum_ratio is not None]
     worst = max(regrets, key=lambda r: r.regret, default=None)
+    differing = [r for r in regrets if not r.same_code]
+    worst_differing = max(differing, key=lambda r: r.regret, default=None)
     return {
         "signatures": len(results),
         "with_regret": len(regrets),
@@ -327,12 +344,15 @@ def summarize(results: list) -> dict:
         "geomean_regret_floor1": geomean([max(1.0, r.regret) for r in regrets]),
         "worst_regret": worst.regret if worst else None,
         "worst_signature": worst.sig.label if worst else None,
+        "same_code_as_best": sum(r.same_code for r in regrets),
+        "worst_regret_different_code": worst_differing.regret if worst_differing else None,
+        "worst_signature_different_code": worst_differing.sig.label if worst_differing else None,
         f"over_{SLOW_REGRET}x": sum(r.regret > SLOW_REGRET for r in regrets),
         "with_einsum": len(einsums),
         f"einsum_slower_{EINSUM_SLOWER}x": sum(r.einsum_ratio > EINSUM_SLOWER for r in einsums),
         "geomean_einsum_ratio": geomean([r.einsum_ratio for r in einsums]),
         "worst5": [
-            {"signature": r.sig.label, "regret": r.regret, "default_plan": r.plan, "best": r.best}
+            {"signature": r.sig.label, "regret": r.regret, "default_plan": r.plan, "best": r.best, "same_code": r.same_code}
             for r in sorted(regrets, key=lambda r: -r.regret)[:5]
         ],
     }
@@ -354,7 +374,7 @@ def print_table(results: list) -> None:
             fmt_us(r.median(DEFAULT)),
             (r.best or "n/a").removeprefix("lowering="),
             fmt_us(r.median(r.best)) if r.best else "n/a",
-            ratio(r.regret),
+            ratio(r.regret) + (" =" if r.same_code else ""),
             ratio(r.einsum_ratio),
         )
         for r in results
@@ -379,6 +399,11 @@ def print_summary(summary: dict) -> None:
         f"({ratio(summary['geomean_regret_floor1'])} with each regret below 1 counted as 1)"
     )
     print(f"worst regret: {ratio(summary['worst_regret'])} ({summary['worst_signature']})")
+    print(
+        f"default plan runs the best lowering's own code ('=' above): {summary['same_code_as_best']} of {n}; "
+        f"worst regret where the code differs: {ratio(summary['worst_regret_different_code'])} "
+        f"({summary['worst_signature_different_code']})"
+    )
     print(f"signatures more than {SLOW_REGRET}x off the best lowering: {summary[f'over_{SLOW_REGRET}x']} of {n}")
     print(
         f"signatures more than {EINSUM_SLOWER}x slower than torch.einsum: "
@@ -387,7 +412,8 @@ def print_summary(summary: dict) -> None:
     )
     print("worst 5:")
     for w in summary["worst5"]:
-        print(f"  {ratio(w['regret'])}  {w['signature']}  default plan: {w['default_plan']}; best: {w['best']}")
+        same = " (the same code)" if w["same_code"] else ""
+        print(f"  {ratio(w['regret'])}  {w['signature']}  default plan: {w['default_plan']}; best: {w['best']}{same}")
 
 
 def result_json(r: Result) -> dict:
@@ -403,6 +429,7 @@ def result_json(r: Result) -> dict:
         "best_lowering": r.best,
         "regret": r.regret,
         "einsum_ratio": r.einsum_ratio,
+        "same_code_as_best": r.same_code,
         "notes": r.notes,
     }
 

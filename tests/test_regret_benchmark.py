@@ -17,6 +17,7 @@ HEADER = ("pattern", "shapes", "default plan", "best lowering", "regret", "defau
 SUMMARY = (
     "geometric-mean regret: ",
     "worst regret: ",
+    "default plan runs the best lowering's own code ('=' above): ",
     "signatures more than 1.2x off the best lowering: ",
     "signatures more than 1.1x slower than torch.einsum: ",
     "worst 5:",
@@ -66,3 +67,17 @@ def test_signatures_are_held_out_and_einsum_translation():
     assert regret.einsum_equation("b n, n n, b n -> b") is None  # a chain link, not einsum's diagonal
     assert regret.einsum_equation("q d, k d -> q | logsumexp k") is None
     assert regret.einsum_equation("b (h d) -> b h d") is None
+
+
+def test_same_code_tells_a_tie_from_a_planning_choice():
+    """A regret between the default plan and a forced lowering that renders the same code is timing
+    spread; the summary keeps those apart from the regrets of a different choice."""
+    regret = load_regret()
+    sig = regret.Signature("S00", "matmul", "b n, n m -> b m", ((64, 32), (32, 16)))
+    tensors = regret.make_tensors(sig)
+    assert regret.same_code(sig, tensors, "lowering=matmul-broadcast")
+    assert not regret.same_code(sig, tensors, "lowering=elementwise-sum")
+    tie, choice = regret.Result(sig, regret=1.3, same_code=True), regret.Result(sig, regret=1.1)
+    summary = regret.summarize([tie, choice])
+    assert summary["worst_regret"] == 1.3 and summary["same_code_as_best"] == 1
+    assert summary["worst_regret_different_code"] == 1.1
