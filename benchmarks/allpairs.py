@@ -130,7 +130,17 @@ def w5_targets(case: Case, bounds: Bounds, baseline: str):
         # no plan of this shape beats its product alone (in bfloat16, when screened)
         bound = div(t(baseline), bounds.screen if bounds.screened else bounds.shaped)
         what = "the baseline over the bfloat16 screen's matmul time alone" if bounds.screened else "the baseline over the matmul time alone"
-        return [
+        alone = []
+        if not bounds.screened:  # issue 19: with no fast bfloat16 GEMM, the float32 tiles are the plan
+            alone.append(
+                at_most(
+                    "einplan time <= 1.1x its float32 product alone in the same tiles (no bfloat16 screen)",
+                    div(t("einplan.bl"), bounds.shaped),
+                    1.1,
+                    f"product alone {fmt_us(bounds.shaped)}",
+                )
+            )
+        return alone + [
             at_least(f"einplan >= 2.5x faster than {baseline}", div(t(baseline), t("einplan.bl")), 2.5, ceiling(bound, what)),
             at_most("einplan peak extra memory <= 64 MiB", _extra_mib(case), 64, "MiB, fresh subprocess"),
             at_most(
