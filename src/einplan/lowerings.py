@@ -217,10 +217,7 @@ class MatmulBroadcast(Lowering):
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
         layout = _matmul_layout(step)
-        if layout.vector:
-            lhs = ir.permute(ir.Var(layout.left.var), tuple(layout.left.axes.index(a) for a in layout.m + layout.contracted))
-            return Lowered(ir.Call("torch.matmul", (lhs, ir.Var(layout.right.var))), layout.out_axes)
-        if layout.direct:
+        if layout.direct or layout.vector:  # a vector's permute is the identity: it stays a vector
             lhs = ir.permute(ir.Var(layout.left.var), tuple(layout.left.axes.index(a) for a in layout.batch + layout.m + layout.contracted))
             rhs = ir.permute(
                 ir.Var(layout.right.var), tuple(layout.right.axes.index(a) for a in layout.batch + layout.contracted + layout.n)

@@ -128,10 +128,13 @@ class Trial:
     settle: Callable[[str, Measured], None]
     times: dict = field(default_factory=dict)
     warm_ups: dict = field(default_factory=dict)  # name -> seconds of its warm-up call
-    active: tuple = ()  # the candidates of the timed rounds (indices), once every one has warmed up
+    active: tuple = ()  # the candidates of the timed rounds (indices): every one until the warm-ups drop some
     calls: int = 0
     settled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.active = tuple(range(len(self.names)))
 
     def __call__(self, *tensors):
         with self.lock:
@@ -168,7 +171,7 @@ class Trial:
             if len(self.active) > 1 or self.settled:
                 return
             self.settled = True  # every other candidate is out: the cost model's choice stays
-        self.settle(self.names[0], Measured(dict(self.warm_ups), self.names[0], warm_up_only=self.names[1:]))
+        self._conclude()
 
     def candidate(self, turn: int) -> tuple[int, bool]:
         """Which candidate runs on timed-round call ``turn``, and whether that call is timed: each
@@ -176,10 +179,9 @@ class Trial:
         caller's loop of one plan (the call after another candidate finds that one's freed memory and
         flushed caches: 3x3 batched matmuls measured 10-14 ms in an alternating trial, 6 ms in a
         loop); the order is rotated by one every round, so no candidate always follows the same one."""
-        active = self.active or tuple(range(len(self.names)))
         block, offset = divmod(turn, BLOCK)
-        rounds, position = divmod(block, len(active))
-        return active[(position + rounds) % len(active)], offset == BLOCK - 1
+        rounds, position = divmod(block, len(self.active))
+        return self.active[(position + rounds) % len(self.active)], offset == BLOCK - 1
 
     @staticmethod
     def _timed_enough(times: list) -> bool:
@@ -190,15 +192,18 @@ class Trial:
     def _record(self, name: str, seconds: float) -> None:
         with self.lock:
             self.times.setdefault(name, []).append(seconds)
-            timed = [self.names[k] for k in self.active] if self.active else self.names
-            if self.settled or not all(self._timed_enough(self.times.get(n, [])) for n in timed):
+            if self.settled or not all(self._timed_enough(self.times.get(self.names[k], [])) for k in self.active):
                 return
             self.settled = True
-        medians = {n: statistics.median(self.times[n]) for n in timed}
-        kept = min(timed, key=lambda n: medians[n])  # ties keep the cost model's choice (first)
-        dropped = tuple(n for n in self.names if n not in medians)
-        medians.update({n: self.warm_ups[n] for n in dropped})
-        self.settle(kept, Measured(medians, kept, warm_up_only=dropped))
+        self._conclude()
+
+    def _conclude(self) -> None:
+        """Settle on the fastest timed candidate by its median; one out of the rounds (or the choice
+        left alone, untimed) is reported by its warm-up call."""
+        timed = [self.names[k] for k in self.active]
+        seconds = {n: statistics.median(self.times[n]) if n in timed and n in self.times else self.warm_ups[n] for n in self.names}
+        kept = min(timed, key=lambda n: seconds[n])  # ties keep the cost model's choice (first)
+        self.settle(kept, Measured(seconds, kept, warm_up_only=tuple(n for n in self.names if n not in timed)))
 
 
 def pending(plan, forced: Callable) -> tuple | None:
