@@ -109,8 +109,8 @@ def test_a_candidate_far_slower_on_its_warm_up_is_not_timed_again():
 
         return run
 
-    fast = measuring.TRIAL_SECONDS
-    functions = (counted("chosen", fast), counted("slow", fast * (measuring.DROP + 1)), counted("fast", fast / 2))
+    fast = 0.01  # sleeps long enough that a loaded machine's oversleeping cannot undo the ratios
+    functions = (counted("chosen", fast), counted("slow", fast * measuring.DROP * 4), counted("fast", fast / 2))
     trial = measuring.Trial(tuple(calls), functions, torch.device("cpu"), lambda k, m: kept.append((k, m)))
     while not kept:
         trial(0)
@@ -121,8 +121,8 @@ def test_a_candidate_far_slower_on_its_warm_up_is_not_timed_again():
 
 def test_a_trial_whose_others_are_all_far_slower_keeps_the_choice_after_the_warm_ups():
     kept = []
-    fast = measuring.TRIAL_SECONDS / 4
-    functions = (lambda x: time.sleep(fast), lambda x: time.sleep(fast * (measuring.DROP + 1)))
+    fast = 0.01  # as above: a margin no oversleeping closes
+    functions = (lambda x: time.sleep(fast), lambda x: time.sleep(fast * measuring.DROP * 4))
     trial = measuring.Trial(("chosen", "slow"), functions, torch.device("cpu"), lambda k, m: kept.append(k))
     trial(0)
     trial(0)
