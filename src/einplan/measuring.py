@@ -5,10 +5,10 @@ product priced within 3% of a bmm ran 3x faster; outer products, 3x3 batched
 matmuls).  Where a plan's contraction steps have other lowerings within
 :data:`CLOSE` of the winner's estimate, ``bl``'s first calls on that signature
 take turns between the plan and, for each such lowering, the plan with it
-forced on every step, on the caller's own tensors: one warm-up call each (one
-over :data:`DROP` times the fastest warm-up drops its plan), then rounds of
-:data:`BLOCK` calls of each plan in a row, the last one timed, the order rotated
-every round, at least :data:`ROUNDS` timed calls each and until each one's add up
+forced on every step, on the caller's own tensors, in blocks of :data:`BLOCK`
+calls of one plan in a row, the last one timed: a warm-up block each (one whose
+timed call took over :data:`DROP` times the fastest one's drops its plan), then
+rounds, the order rotated every round, at least :data:`ROUNDS` timed calls each and until each one's add up
 to :data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The fastest by its median is kept (the
 program's function is replaced, so later calls cost what they always did) and
 recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
@@ -36,11 +36,11 @@ from .lowerings import CONTRACTIONS
 
 ENVIRONMENT = "EINPLAN_MEASURE"
 CLOSE = 2.0  # a lowering whose estimate is within this factor of the winner's is timed too
-ROUNDS = 5  # timed calls of each candidate at least, after one warm-up call each
+ROUNDS = 5  # timed calls of each candidate at least, after a warm-up block each
 TRIAL_SECONDS = 2e-3  # ... and more until its timed calls add up to this (short calls are noisy) ...
 MAX_ROUNDS = 25  # ... or it has this many
 BLOCK = 2  # calls of one candidate in a row in a timed round, the last of them timed
-DROP = 3.0  # a candidate whose warm-up call took this many times the fastest one's is not timed further
+DROP = 3.0  # a candidate whose warm-up block's timed call took this many times the fastest one's is not timed further
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
 
 _enabled = [True]
@@ -94,11 +94,11 @@ class Measured:
 
     seconds: dict[str, float]
     kept: str
-    warm_up_only: tuple[str, ...] = ()  # candidates timed by their warm-up call alone (DROP times too slow)
+    warm_up_only: tuple[str, ...] = ()  # candidates timed by their warm-up alone (DROP times too slow)
 
     def describe(self) -> str:
         times = ", ".join(
-            f"{name} {s * 1e6:.1f} us" + (" (one call)" if name in self.warm_up_only else "")
+            f"{name} {s * 1e6:.1f} us" + (" (warm-up only)" if name in self.warm_up_only else "")
             for name, s in sorted(self.seconds.items(), key=lambda kv: kv[1])
         )
         return f"measured on the first calls: {times}; kept {self.kept}"
@@ -127,7 +127,7 @@ class Trial:
     device: torch.device
     settle: Callable[[str, Measured], None]
     times: dict = field(default_factory=dict)
-    warm_ups: dict = field(default_factory=dict)  # name -> seconds of its warm-up call
+    warm_ups: dict = field(default_factory=dict)  # name -> seconds of its warm-up block's timed call
     active: tuple = ()  # the candidates of the timed rounds (indices): every one until the warm-ups drop some
     calls: int = 0
     settled: bool = False
@@ -140,8 +140,8 @@ class Trial:
         with self.lock:
             turn = self.calls
             self.calls += 1
-        warm_up = turn < len(self.names)
-        k, timed = (turn, True) if warm_up else self.candidate(turn - len(self.names))
+        warm_up = turn < len(self.names) * BLOCK
+        k, timed = self.warm_up_turn(turn) if warm_up else self.candidate(turn - len(self.names) * BLOCK)
         if self.settled or not timed:  # a block's first call, or one racing the settle
             return self.functions[k](*tensors)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
@@ -158,8 +158,17 @@ class Trial:
             self._record(self.names[k], seconds)
         return result
 
+    @staticmethod
+    def warm_up_turn(turn: int) -> tuple[int, bool]:
+        """Which candidate runs on warm-up call ``turn``, and whether that call is timed: a block of
+        :data:`BLOCK` calls of each candidate in order, the last timed, since a plan's first call in a
+        process can pay one-time costs many times its own (a 25 us reduction's first call took 1.2 ms)
+        that must not drop it."""
+        k, offset = divmod(turn, BLOCK)
+        return k, offset == BLOCK - 1
+
     def _warmed(self, name: str, seconds: float) -> None:
-        """After every warm-up call: a candidate whose warm-up took over :data:`DROP` times the fastest
+        """After every warm-up block: a candidate whose warm-up took over :data:`DROP` times the fastest
         one's is out of the timed rounds (it cannot win, and a call that writes a large product
         flushes the caches of the call after it); the cost model's choice always stays in."""
         with self.lock:
@@ -199,7 +208,7 @@ class Trial:
 
     def _conclude(self) -> None:
         """Settle on the fastest timed candidate by its median; one out of the rounds (or the choice
-        left alone, untimed) is reported by its warm-up call."""
+        left alone, untimed) is reported by its warm-up block's timed call."""
         timed = [self.names[k] for k in self.active]
         seconds = {n: statistics.median(self.times[n]) if n in timed and n in self.times else self.warm_ups[n] for n in self.names}
         kept = min(timed, key=lambda n: seconds[n])  # ties keep the cost model's choice (first)
