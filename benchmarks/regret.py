@@ -298,27 +298,30 @@ def measure(sig: Signature, settings: Settings) -> Result:
         min_repeat=settings.min_repeat,
         max_repeat=settings.max_repeat,
     )
-    kept = [measured_choices()[k] for k in measured_choices() if k not in before]
-    result.measured = ", ".join(str(getattr(m, "kept", "?")) for m in kept)
+    kept = [str(getattr(measured_choices()[k], "kept", "?")) for k in measured_choices() if k not in before]
+    result.measured = ", ".join(kept)
     lowered = {n: t.median_us for n, t in result.timings.items() if n.startswith("lowering=")}
     if lowered:
         result.best = min(lowered, key=lowered.get)
         result.regret = result.median(DEFAULT) / lowered[result.best]
-        result.same_code = same_code(sig, tensors, result.best)
+        result.same_code = same_code(sig, tensors, result.best, kept[0] if len(kept) == 1 else None)
     if EINSUM in result.timings:
         result.einsum_ratio = result.median(DEFAULT) / result.median(EINSUM)
     return result
 
 
-def same_code(sig: Signature, tensors: list, best: str) -> bool:
-    """Whether the default plan (after any close call it measured) runs the very code the best forced
-    lowering runs: a regret there is the spread of two timings of one function, not a planning error."""
+def same_code(sig: Signature, tensors: list, best: str, kept: str | None = None) -> bool:
+    """Whether the default plan runs the very code the best forced lowering runs: a regret there is
+    the spread of two timings of one function, not a planning error.  ``kept``: what the default's
+    close call kept when it measured one (``einplan.code`` renders the cost model's plan; a trial that
+    kept another lowering runs that lowering forced on every step)."""
     import einplan
 
     sizes = dict(sig.sizes)
     try:
         lowering = best.removeprefix("lowering=")
-        return einplan.code(sig.pattern, *tensors, **sizes) == einplan.code(sig.pattern, *tensors, lowering=lowering, **sizes)
+        ran = {"lowering": kept} if kept in einplan.LOWERINGS else {}
+        return einplan.code(sig.pattern, *tensors, **ran, **sizes) == einplan.code(sig.pattern, *tensors, lowering=lowering, **sizes)
     except Exception:  # a plan code() cannot render: count it as different code
         return False
 

@@ -77,6 +77,10 @@ def test_same_code_tells_a_tie_from_a_planning_choice():
     tensors = regret.make_tensors(sig)
     assert regret.same_code(sig, tensors, "lowering=matmul-broadcast")
     assert not regret.same_code(sig, tensors, "lowering=elementwise-sum")
+    # a close call that kept another lowering runs that lowering's code, not the cost model's plan
+    assert regret.same_code(sig, tensors, "lowering=elementwise-sum", kept="elementwise-sum")
+    assert not regret.same_code(sig, tensors, "lowering=matmul-broadcast", kept="elementwise-sum")
+    assert regret.same_code(sig, tensors, "lowering=matmul-broadcast", kept="matmul-broadcast")
     tie, choice = regret.Result(sig, regret=1.3, same_code=True), regret.Result(sig, regret=1.1)
     summary = regret.summarize([tie, choice])
     assert summary["worst_regret"] == 1.3 and summary["same_code_as_best"] == 1
