@@ -197,6 +197,31 @@ def test_a_chain_is_measured_against_its_closest_steps_runner_up_on_every_step(m
     assert "measured on the first calls" in einplan.explain("b i, b i j, b j -> b", *tensors)
 
 
+LOGSUMEXP = "q d, k d -> q | logsumexp k"
+
+
+def test_a_clause_over_a_product_beyond_the_cache_times_its_chunks_too(measuring_on):
+    """S58 of benchmarks/regret.py: a 4 MB product that logsumexp reduces, written in full, has its
+    chunks (each reduced while in cache) as a candidate that the close call times; a product that
+    fits the cache, a forced lowering and a plan that is chunked already have none."""
+    big = ((256, 64), (4096, 64))
+    plan = plan_for(LOGSUMEXP, *big)
+    assert plan.steps[0].kind == "matmul-broadcast" and "chunked-reduction" in measuring.close_calls(plan)
+    small = plan_for(LOGSUMEXP, (64, 64), (256, 64))
+    assert "chunked-reduction" not in [c.lowering for c in small.steps[0].candidates]
+    forced = plan_for(LOGSUMEXP, *big, lowering="matmul-broadcast")
+    assert "chunked-reduction" not in [c.lowering for c in forced.steps[0].candidates]
+    assert measuring.close_calls(plan_for(LOGSUMEXP, *big, lowering="chunked-reduction")) == ()
+    q, k = torch.randn(*big[0]), torch.randn(*big[1])
+    want = torch.logsumexp(q @ k.T, 1)
+    for _ in range(most_calls(len(measuring.close_calls(plan)) + 1)):
+        torch.testing.assert_close(einplan.bl(LOGSUMEXP, q, k), want)
+    (measured,) = measuring.MEASURED.values()
+    assert {"matmul-broadcast", "chunked-reduction"} <= set(measured.seconds)
+    kept = program_of(LOGSUMEXP, q, k).plan.steps[0].kind
+    assert kept == ("chunked-reduction" if measured.kept == "chunked-reduction" else "matmul-broadcast")
+
+
 def test_a_trial_keeps_the_faster_and_returns_every_result():
     kept = []
 

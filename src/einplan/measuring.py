@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import EinplanError
-from .lowerings import CONTRACTIONS
+from .lowerings import CHUNKED, CONTRACTIONS
 
 ENVIRONMENT = "EINPLAN_MEASURE"
 CLOSE = 2.0  # a lowering whose estimate is within this factor of the winner's is timed too
@@ -42,6 +42,9 @@ MAX_ROUNDS = 25  # ... or it has this many
 BLOCK = 2  # calls of one candidate in a row in a timed round, the last of them timed
 DROP = 3.0  # a candidate whose warm-up block's timed call took this many times the fastest one's is not timed further
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
+# what a trial may compare: the contraction lowerings, and a last step's chunks where a clause
+# follows a product larger than the cache (see plan._with_chunks_priced)
+TIMED = (*CONTRACTIONS, CHUNKED)
 
 _enabled = [True]
 MEASURED: OrderedDict = OrderedDict()  # signature key -> Measured
@@ -73,7 +76,7 @@ def close_calls(plan) -> tuple[str, ...]:
         return ()
     nearest: dict[str, float] = {}
     for step in plan.steps:
-        ranked = sorted((c for c in step.candidates if c.lowering in CONTRACTIONS), key=lambda c: c.seconds)
+        ranked = sorted((c for c in step.candidates if c.lowering in TIMED), key=lambda c: c.seconds)
         if len(ranked) < 2 or ranked[0].lowering != step.kind:
             continue
         for other in ranked[1:]:

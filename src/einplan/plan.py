@@ -285,6 +285,21 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) ->
     return Step(CHUNKED, text, tuple(statements), price, candidates, functions, after), results
 
 
+def _with_chunks_priced(planning: _Planning, step: Contraction, estimate: Estimate, candidates) -> tuple:
+    """A last step whose product a clause reduces, written in full although it is larger than the
+    cache: its chunks too, as a candidate that a close call times (the clause then reads each chunk
+    while it is in cache; the cost model prices neither clause's passes over the product, and
+    measured 4 MB products of ``q d, k d -> q | logsumexp k`` went either way, 0.81x and 1.12x)."""
+    model = planning.context.model
+    if planning.context.options.lowering is not None or step.numel(step.kept) * step.dtype.itemsize <= model.cache_bytes:
+        return candidates
+    chunking = cutting.price(_job(planning, step), planning.context, min(planning.limit, CHUNK_BYTES))
+    if chunking is None:
+        return candidates
+    price = chunking.estimate(planning.clauses)
+    return candidates + (Candidate(CHUNKED, price, model.seconds(price)),)
+
+
 def _tail(planning: _Planning, values: tuple, path, candidates) -> tuple[Step, list[Value]] | None:
     """The rest of the path in chunks of one axis, when a step before the last would exceed the
     limit (see :mod:`einplan.tails`): (step, result values), or None when cutting cannot help."""
@@ -330,6 +345,8 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
             if tail is not None:
                 steps.append(tail[0])
                 return steps, tail[1], bool(planning.clauses)
+        if number == len(path) - 1 and planning.clauses:
+            candidates = _with_chunks_priced(planning, step, estimate, candidates)
         statements, value, description = emit_value(winner, step, context)
         steps.append(Step(winner, description, statements, estimate, candidates))
         values.append(value)
