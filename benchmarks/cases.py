@@ -121,6 +121,7 @@ class Row:
     bound_us: float | None = None  # for BOUND rows
     first_call_s: float | None = None  # the checked call; for compiled rows it includes compiling
     once: bool = False  # timed by its checked call alone (a call takes minutes)
+    yardstick: bool = False  # computes something else on the same data (a ceiling): run, not checked
 
     @property
     def median_us(self) -> float | None:
@@ -252,6 +253,9 @@ def check_rows(case: Case, check: Callable = same_result, reference: str | None 
             except Exception as exc:  # EinplanError while features land; compile failures
                 row.status = f"n/a (error: {first_line(exc)})"
                 continue
+        if row.yardstick:
+            del got
+            continue
         if row.kind == EINPLAN and row.mode == "eager":
             against, what = ref_result, f"the reference ({reference})"
         elif expected is not None:
