@@ -122,12 +122,28 @@ def test_no_identity_without_the_device():
         assert calibration.identity(torch.device("cuda")) is None  # a CUDA plan made anywhere: shipped constants
 
 
+def test_constants_stored_by_an_einplan_that_measured_fewer_are_measured_again(calibrating, tmp_path):
+    """A cache entry without a constant this einplan measures (``column_rate``, added later) would
+    plan that constant with the shipped guess for good: it is calibrated anew instead."""
+    kinds(*SHAPES)
+    path = tmp_path / "device_models.json"
+    stored = json.loads(path.read_text())
+    (entry,) = stored[calibration.SECTION].values()
+    del entry["column_rate"]
+    path.write_text(json.dumps(stored))
+    calibration.set_calibration(True)  # a new process
+    kinds(*SHAPES)
+    assert len(calibrating) == 2 * calibration.ROUNDS
+    (entry,) = json.loads(path.read_text())[calibration.SECTION].values()
+    assert entry["column_rate"] == SLOW_GEMM.column_rate
+
+
 def test_a_real_calibration_is_quick_and_sane(tmp_path):
     """In a fresh process, as a user's first call: finite positive constants, stored, in seconds."""
     script = (
         "import time, einplan; from einplan.runtime import plan_for; t = time.perf_counter(); "
         "m = plan_for('b n, m n -> b m', (64, 500), (1000, 500)).model; "
-        "print(time.perf_counter() - t); print(m.origin); print(m.gemm_rate, m.bandwidth, m.op_overhead, m.fresh_page)"
+        "print(time.perf_counter() - t); print(m.origin); print(m.gemm_rate, m.bandwidth, m.op_overhead, m.fresh_page, m.column_rate)"
     )
     env = {"EINPLAN_CACHE_DIR": str(tmp_path), "EINPLAN_CALIBRATE": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)

@@ -3,6 +3,7 @@ device.  CUDA plans are made from a device description, so no GPU is needed;
 tests that need a real GPU are marked and skip cleanly without one."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -183,6 +184,51 @@ def test_a_dot_product_is_priced_as_one_pass_not_a_gemm():
     step = plan_for("n, n ->", (1000000,), (1000000,)).steps[0]
     matmul = next(c for c in step.candidates if c.lowering == MATMUL)
     assert matmul.estimate.gemm_flops == 0 and matmul.estimate.elementwise == 1000000
+
+
+ONE_COLUMN = [
+    ("b n, b n -> b", [(1024, 1024), (1024, 1024)], "bmm of 1x1024 by 1024x1: 641 us, vecdot 126 us"),
+    ("b m n, b n -> b m", [(64, 128, 128), (64, 128)], "bmm of 128x128 by 128x1: 646 us, multiply and sum 125 us"),
+    ("b1 b2 n, b1 b2 n -> b1 b2", [(16, 32, 1024), (16, 32, 1024)], "two batch axes of dot products"),
+]
+
+
+@pytest.mark.parametrize("pattern, shapes, measured", ONE_COLUMN, ids=[c[0] for c in ONE_COLUMN])
+def test_batched_matvecs_and_dot_products_are_priced_at_the_one_column_rate(pattern, shapes, measured, monkeypatch):
+    """torch's batched GEMM runs a result of one column (N = 1) at a few GFLOP/s on a CPU (2 cores of
+    an AMD EPYC: ``measured``), not at the rate the short-dim efficiency gives a GEMM: priced at
+    ``column_rate``, the multiply and sum wins; priced as any GEMM (no such rate), bmm did."""
+    plan = plan_for(pattern, *shapes)
+    assert [s.kind for s in plan.steps if s.candidates] == [ELEMENTWISE] * (len(shapes) - 1)
+    matmul = next(c for c in plan.steps[0].candidates if c.lowering == MATMUL)
+    assert matmul.estimate.gemm_flops == 0 and plan.model.breakdown(matmul.estimate)["one-column GEMMs"] > 0
+    monkeypatch.setitem(cost._loaded, "cpu", replace(cost.CPU, column_rate=0.0))
+    as_gemm = plan_for(pattern, *shapes)
+    assert as_gemm.steps[0].kind == MATMUL and as_gemm.steps[0].estimate.gemm_flops > 0
+
+
+ROWS_TIMES_MATRICES = [
+    ("b m, b m n -> b n", "bm,bmn->bn", "torch.matmul(x0.unsqueeze(1), x1).squeeze(1)"),
+    ("b m n, b m -> b n", "bmn,bm->bn", "torch.matmul(x1.unsqueeze(1), x0).squeeze(1)"),
+    ("b k, b k n -> n b", "bk,bkn->nb", "torch.matmul(x0.unsqueeze(1), x1).squeeze(1)"),
+]
+
+
+@pytest.mark.parametrize("pattern, equation, call", ROWS_TIMES_MATRICES, ids=[c[0] for c in ROWS_TIMES_MATRICES])
+@pytest.mark.parametrize("b, k, n", [(64, 128, 128), (3, 1, 5), (0, 4, 3), (2, 0, 3)])
+def test_a_batch_of_vectors_times_matrices_stored_k_first_is_rows_times_the_matrices(pattern, equation, call, b, k, n):
+    """Matrices stored ``b k n`` times vectors ``b k``: M = 1 rows times the matrices as stored, a
+    GEMM (64 x 1x128 by 128x128 ran 88 us), not the matrices transposed times N = 1 columns (662 us,
+    2 cores of an AMD EPYC), which only a one-column result is priced as."""
+    names = {"b": b, "m": k, "k": k, "n": n}
+    shapes = [tuple(names[x] for x in operand.split()) for operand in pattern.split("->")[0].split(",")]
+    tensors = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    source = einplan.code(pattern, *tensors, lowering=MATMUL)
+    assert f"t0 = {call}  #" in source, source
+    torch.testing.assert_close(einplan.bl(pattern, *tensors, lowering=MATMUL), torch.einsum(equation, *tensors), rtol=1e-12, atol=1e-12)
+    if b * k * n and k * n >= 400:
+        matmul = next(c for c in plan_for(pattern, *shapes).steps[0].candidates if c.lowering == MATMUL)
+        assert matmul.estimate.gemm_flops > 0 and matmul.estimate.column_flops == 0
 
 
 CUDA_CHOICES = [

@@ -111,7 +111,7 @@ def _stored(key: str, base: DeviceModel) -> DeviceModel | None:
     section = _read().get(SECTION)
     entry = section.get(key) if isinstance(section, dict) else None
     constants = stored_constants(entry)
-    if not constants:
+    if not constants or set(constants) != set(CONSTANTS):  # stored by an einplan that measured fewer: again
         return None
     return replace(base, **constants, origin=f"calibrated on first use ({key}), from {cache_file()}")  # type: ignore[arg-type]
 

@@ -30,6 +30,7 @@ from .contraction import (
 )
 from .cost import DeviceModel, Estimate
 from .errors import UnsupportedError
+from .matmul_layout import copies_made, matmul_layout
 
 MATMUL = "matmul-broadcast"
 ELEMENTWISE = "elementwise-sum"
@@ -123,54 +124,6 @@ class ElementwiseSum(Lowering):
 # --- matmul-broadcast ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _MatmulLayout:
-    """The groups of one matmul: ``left`` is batch + m + contracted, ``right`` batch + contracted + n."""
-
-    left: Value
-    right: Value
-    batch: list[str]
-    m: list[str]
-    n: list[str]
-    contracted: list[str]
-
-    @property
-    def direct(self) -> bool:
-        """One axis per group (or torch folding the left's leading dims): no flatten, no unflatten."""
-        return len(self.contracted) == 1 and len(self.n) == 1 and (len(self.m) == 1 or (not self.batch and bool(self.m)))
-
-    @property
-    def vector(self) -> bool:
-        """A dot product or a matrix times a vector, unbatched: torch.matmul of a vector runs torch's
-        dot and mv, which a 1-wide GEMM does not (a dot product of 10^6 as a 1x1 GEMM ran 30x
-        slower than ``torch.dot``; a matvec 1.6x slower than ``torch.mv`` at 1024x64)."""
-        return not self.batch and len(self.contracted) == 1 and len(self.m) <= 1 and not self.n
-
-    @property
-    def out_axes(self) -> tuple[str, ...]:
-        return tuple(self.batch + self.m + self.n)
-
-
-def _matmul_layout(step: Contraction) -> _MatmulLayout:
-    """Batch axes (in both operands, kept) lead on both sides, so torch never broadcasts
-    one operand against the other's batch and never copies it."""
-    rank = step.rank
-
-    def first_private(v: Value, w: Value) -> tuple:
-        return min((rank(x) for x in v.axes if x not in w.axes), default=(1e9,))
-
-    left, right = (step.a, step.b) if first_private(step.a, step.b) <= first_private(step.b, step.a) else (step.b, step.a)
-    shared = [x for x in left.axes if x in right.axes]
-    return _MatmulLayout(
-        left,
-        right,
-        batch=sorted((x for x in shared if x in step.keep), key=rank),
-        m=sorted((x for x in left.axes if x not in right.axes), key=rank),
-        n=sorted((x for x in right.axes if x not in left.axes), key=rank),
-        contracted=[x for x in shared if x not in step.keep],
-    )
-
-
 class MatmulBroadcast(Lowering):
     """Views plus one ``torch.matmul``; a shared operand is folded, never expanded."""
 
@@ -182,24 +135,24 @@ class MatmulBroadcast(Lowering):
             return False
         if model.kind == "cpu" and torch_lacks("matmul", dtype):  # e.g. uint16: torch has no CPU GEMM for it
             return False
-        layout = _matmul_layout(step)
+        layout = matmul_layout(step)
         # a merged group of the result is split again with -1 for a free axis: one per group at most
         return all(sum(x in step.free for x in group) <= 1 for group in (layout.m, layout.n))
 
     def result_axes(self, step: Contraction) -> tuple[str, ...]:
-        return _matmul_layout(step).out_axes
+        return matmul_layout(step).out_axes
 
     def writes_out(self, step: Contraction) -> bool:
         """Whether the emitted code is one plain ``torch.matmul`` call (it can take ``out=``)."""
-        return _matmul_layout(step).direct
+        return matmul_layout(step).direct
 
     def price(self, step: Contraction, context: Context) -> Estimate | None:
         model = context.model
         if not self.applies(step, model):
             return None
-        layout = _matmul_layout(step)
+        layout = matmul_layout(step)
         B, M, N, K = (step.numel(g) for g in (layout.batch, layout.m, layout.n, layout.contracted))
-        copies = _copies(step, layout)
+        copies = copies_made(step, layout)
         out = B * M * N
         itemsize = step.dtype.itemsize
         estimate = Estimate(
@@ -213,10 +166,12 @@ class MatmulBroadcast(Lowering):
             return replace(estimate, loop_matrices=B, loop_fmas=B * M * N * K, loop_outputs=out)
         if layout.vector and M == 1:  # torch.dot: one pass of multiply-adds over the two vectors
             return replace(estimate, elementwise=K)
+        if layout.batch and N == 1 and model.column_rate:  # matvecs or dot products: far below the GEMM rate
+            return replace(estimate, column_flops=2 * B * M * K, matrices=B)
         return replace(estimate, gemm_flops=2 * B * M * N * K, matrices=B if layout.batch else 0).gemm_eff(model, M, N, K)
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
-        layout = _matmul_layout(step)
+        layout = matmul_layout(step)
         if layout.direct or layout.vector:  # a vector's permute is the identity: it stays a vector
             lhs = ir.permute(ir.Var(layout.left.var), tuple(layout.left.axes.index(a) for a in layout.batch + layout.m + layout.contracted))
             rhs = ir.permute(
@@ -228,19 +183,6 @@ class MatmulBroadcast(Lowering):
         rhs = grouped(layout.right, batch + [layout.contracted, layout.n])
         expr = ungrouped(ir.Call("torch.matmul", (lhs, rhs)), batch + [layout.m, layout.n], step)
         return Lowered(expr, layout.out_axes)
-
-
-def _copies(step: Contraction, layout: _MatmulLayout) -> tuple[int, int]:
-    """Elements torch copies on each side: merging dims that a permute moved apart copies them."""
-    if layout.direct:
-        return 0, 0
-    copies = []
-    for value, groups in ((layout.left, (layout.m, layout.contracted)), (layout.right, (layout.contracted, layout.n))):
-        order = layout.batch + groups[0] + groups[1]
-        permutation = [value.axes.index(a) for a in order]
-        merged = any(len(g) != 1 for g in groups)
-        copies.append(step.numel(order) if merged and permutation != sorted(permutation) else 0)
-    return copies[0], copies[1]
 
 
 # --- unrolled ---------------------------------------------------------------------------------
