@@ -143,6 +143,30 @@ def test_a_slow_first_call_alone_does_not_drop_a_candidate():
     assert calls["first-call-slow"] > measuring.BLOCK
 
 
+def test_a_short_call_slow_only_while_warming_up_stays_in_the_trial(monkeypatch):
+    """A warm-up over DROP times the fastest one's but shorter than a whole trial's timed calls does
+    not drop a candidate: short calls' warm-ups can be ten times their later calls (torch's threads
+    waking up), and timing them further costs little.  (TRIAL_SECONDS is raised so that sleeps long
+    enough for a loaded machine play the short calls.)"""
+    monkeypatch.setattr(measuring, "TRIAL_SECONDS", 1.0)
+    calls, kept = {"chosen": 0, "warms-up-slowly": 0}, []
+
+    def counted(name, seconds, warming=None):
+        def run(x):
+            calls[name] += 1
+            time.sleep(warming if warming is not None and calls[name] <= measuring.BLOCK else seconds)
+            return x
+
+        return run
+
+    functions = (counted("chosen", 0.02), counted("warms-up-slowly", 0.005, warming=0.02 * measuring.DROP * 2))
+    trial = measuring.Trial(tuple(calls), functions, torch.device("cpu"), lambda k, m: kept.append((k, m)))
+    while not kept:
+        trial(0)
+    ((name, measured),) = kept
+    assert name == "warms-up-slowly" and measured.warm_up_only == ()
+
+
 def test_a_trial_whose_others_are_all_far_slower_keeps_the_choice_after_the_warm_ups():
     kept = []
     fast = 0.01  # as above: a margin no oversleeping closes

@@ -7,7 +7,8 @@ matmuls).  Where a plan's contraction steps have other lowerings within
 take turns between the plan and, for each such lowering, the plan with it
 forced on every step, on the caller's own tensors, in blocks of :data:`BLOCK`
 calls of one plan in a row, the last one timed: a warm-up block each (one whose
-timed call took over :data:`DROP` times the fastest one's drops its plan), then
+timed call took over :data:`DROP` times the fastest one's and over
+:data:`TRIAL_SECONDS` drops its plan), then
 rounds, the order rotated every round, at least :data:`ROUNDS` timed calls each and until each one's add up
 to :data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The fastest by its median is kept (the
 program's function is replaced, so later calls cost what they always did) and
@@ -40,7 +41,8 @@ ROUNDS = 5  # timed calls of each candidate at least, after a warm-up block each
 TRIAL_SECONDS = 2e-3  # ... and more until its timed calls add up to this (short calls are noisy) ...
 MAX_ROUNDS = 25  # ... or it has this many
 BLOCK = 2  # calls of one candidate in a row in a timed round, the last of them timed
-DROP = 3.0  # a candidate whose warm-up block's timed call took this many times the fastest one's is not timed further
+DROP = 3.0  # a candidate whose warm-up block's timed call took this many times the fastest one's (and
+# over TRIAL_SECONDS) is not timed further
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
 # what a trial may compare: the contraction lowerings, and a last step's chunks where a clause
 # follows a product larger than the cache (see plan._with_chunks_priced)
@@ -170,16 +172,24 @@ class Trial:
         k, offset = divmod(turn, BLOCK)
         return k, offset == BLOCK - 1
 
+    @staticmethod
+    def _far_slower(seconds: float, fastest: float) -> bool:
+        """A warm-up over :data:`DROP` times the fastest one's and longer than a whole trial's timed
+        calls (:data:`TRIAL_SECONDS`): a short call's warm-up can be ten times its own later calls (a
+        25 us ``torch.linalg.vecdot`` took 720 us on its second call while torch's threads woke up),
+        and timing it further costs little."""
+        return seconds > DROP * fastest and seconds > TRIAL_SECONDS
+
     def _warmed(self, name: str, seconds: float) -> None:
-        """After every warm-up block: a candidate whose warm-up took over :data:`DROP` times the fastest
-        one's is out of the timed rounds (it cannot win, and a call that writes a large product
-        flushes the caches of the call after it); the cost model's choice always stays in."""
+        """After every warm-up block: a candidate far slower on its warm-up (see :meth:`_far_slower`)
+        is out of the timed rounds (it cannot win, and a call that writes a large product flushes the
+        caches of the call after it); the cost model's choice always stays in."""
         with self.lock:
             self.warm_ups[name] = seconds
             if len(self.warm_ups) < len(self.names):
                 return
             fastest = min(self.warm_ups.values())
-            self.active = tuple(k for k, n in enumerate(self.names) if k == 0 or self.warm_ups[n] <= DROP * fastest)
+            self.active = tuple(k for k, n in enumerate(self.names) if k == 0 or not self._far_slower(self.warm_ups[n], fastest))
             if len(self.active) > 1 or self.settled:
                 return
             self.settled = True  # every other candidate is out: the cost model's choice stays
