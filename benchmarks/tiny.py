@@ -144,10 +144,10 @@ def w4_targets(D: int, compiled: bool, nbytes: int, copy_bw: float | None):
             bound = nbytes / copy_bw * 1e6 if copy_bw else None
             mine = t("torch.compile(einplan.bl)")
             same_bytes = div(t(SAME_BYTES_ROW), bound)
-            floor = f"bound {fmt_us(bound)}" + (f"; ceiling {same_bytes:.2f}x: {SAME_BYTES_ROW}" if same_bytes else "")
+            detail = f"bound {fmt_us(bound)}" + (f"; ceiling {same_bytes:.2f}x: {SAME_BYTES_ROW}" if same_bytes else "")
             out += [
-                at_most("einplan under torch.compile <= 1.5x the memory-bandwidth bound", div(mine, bound), 1.5, floor),
-                at_most("einplan under torch.compile <= 1.3x the memory-bandwidth bound", div(mine, bound), 1.3, floor),
+                at_most("einplan under torch.compile <= 1.5x the memory-bandwidth bound", div(mine, bound), 1.5, detail),
+                at_most("einplan under torch.compile <= 1.3x the memory-bandwidth bound", div(mine, bound), 1.3, detail),
             ]
             seed = t("torch.compile(seed 002 written-out)")
             if seed is not None:

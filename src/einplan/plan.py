@@ -256,7 +256,7 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) ->
     values), or None."""
     context, clauses = planning.context, planning.clauses
     job = _job(planning, step)
-    chunking = cutting.price(job, context, min(planning.limit, CHUNK_BYTES))
+    chunking = _chunking(planning, step)
     if chunking is None:
         return None
     model = context.model
@@ -285,7 +285,12 @@ def _chunked(planning: _Planning, step: Contraction, winner: str, candidates) ->
     return Step(CHUNKED, text, tuple(statements), price, candidates, functions, after), results
 
 
-def _with_chunks_priced(planning: _Planning, step: Contraction, estimate: Estimate, candidates) -> tuple:
+def _chunking(planning: _Planning, step: Contraction):
+    """How the last step would run in chunks within the default chunk budget, or None."""
+    return cutting.price(_job(planning, step), planning.context, min(planning.limit, CHUNK_BYTES))
+
+
+def _with_chunks_priced(planning: _Planning, step: Contraction, candidates) -> tuple:
     """A last step whose product a clause reduces, written in full although it is larger than the
     cache: its chunks too, as a candidate that a close call times (the clause then reads each chunk
     while it is in cache; the cost model prices neither clause's passes over the product, and
@@ -293,7 +298,7 @@ def _with_chunks_priced(planning: _Planning, step: Contraction, estimate: Estima
     model = planning.context.model
     if planning.context.options.lowering is not None or step.numel(step.kept) * step.dtype.itemsize <= model.cache_bytes:
         return candidates
-    chunking = cutting.price(_job(planning, step), planning.context, min(planning.limit, CHUNK_BYTES))
+    chunking = _chunking(planning, step)
     if chunking is None:
         return candidates
     price = chunking.estimate(planning.clauses)
@@ -346,7 +351,7 @@ def _contract(planning: _Planning, values: list[Value], path) -> tuple[list[Step
                 steps.append(tail[0])
                 return steps, tail[1], bool(planning.clauses)
         if number == len(path) - 1 and planning.clauses:
-            candidates = _with_chunks_priced(planning, step, estimate, candidates)
+            candidates = _with_chunks_priced(planning, step, candidates)
         statements, value, description = emit_value(winner, step, context)
         steps.append(Step(winner, description, statements, estimate, candidates))
         values.append(value)
