@@ -92,6 +92,8 @@ def expr(node) -> str:
         return f"{node.function}.apply({_args(node.args, ())})"
     if isinstance(node, ir.Launch):
         return f"{node.kernel}[{expr(ir.Tuple(node.grid))}]({_args(node.args, node.kwargs)})"
+    if isinstance(node, ir.Kept):
+        return f"{node.helper}({_args((node.view, ir.Const(node.slot), *node.inputs), ())})"
     raise TypeError(f"cannot render {node!r}")
 
 
@@ -146,6 +148,9 @@ def qualified(nodes, prefix: str):
         return ir.Apply(f"{prefix}_{nodes.function}", qualified(nodes.args, prefix))
     if isinstance(nodes, ir.Launch):
         return replace(nodes, kernel=f"{prefix}_{nodes.kernel}")
+    if isinstance(nodes, ir.Kept):
+        view, inputs = qualified(nodes.view, prefix), qualified(nodes.inputs, prefix)
+        return replace(nodes, view=view, inputs=inputs, helper=f"{prefix}_{nodes.helper}")
     if isinstance(nodes, ir.Kernel):
         name = f"{prefix}_{nodes.name}"
         return ir.Kernel(name, nodes.source.replace(f"def {nodes.name}(", f"def {name}(", 1))
@@ -175,13 +180,53 @@ def autograd_class(function: ir.Function) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The pool of kept buffers (``ir.Kept``): a module-level ``threading.local`` its functions share.
+KEPT_POOL = "einplan_buffers"
+KEPT_POOL_SOURCE = f"{KEPT_POOL} = threading.local()  # each thread's buffers kept between calls\n"
+
+
+def kept_source(name: str) -> str:
+    """The helper an ``ir.Kept`` calls, named ``name``: einplan's fixed text."""
+    return f'''def {name}(view, slot, *inputs):
+    """``view.contiguous()``, written into this thread's buffer for ``slot``, which is kept
+    between calls: a copy of a few MB allocated anew on every call can have its pages faulted
+    in anew on every call.  A fresh copy while autograd records ``view`` or ``inputs`` (it may
+    save the copy) and under torch.compile."""
+    recording = torch.is_grad_enabled() and (view.requires_grad or any(x.requires_grad for x in inputs))
+    if recording or torch.compiler.is_compiling():
+        return view.contiguous()
+    key, size = (slot, view.dtype, view.device), view.numel()
+    flat = vars({KEPT_POOL}).get(key)
+    if flat is None or flat.numel() < size:
+        with torch.inference_mode(False):  # a buffer made in inference mode could not be written after it
+            flat = vars({KEPT_POOL})[key] = torch.empty(size, dtype=view.dtype, device=view.device)
+    return flat[:size].view(view.shape).copy_(view)
+'''
+
+
+def uses_kept(nodes) -> bool:
+    """Whether ``nodes`` (statements, expressions, autograd functions) write a kept buffer."""
+    stack = [nodes]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ir.Kept):
+            return True
+        if isinstance(node, (tuple, list)):
+            stack.extend(node)
+        elif is_dataclass(node) and not isinstance(node, (type, ir.Const)):
+            stack.extend(getattr(node, f.name) for f in fields(node))
+    return False
+
+
 def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, body, functions=()) -> str:
     """The source of one function: ``def name(x0: Float[Tensor, "..."], ...) -> ...``, after the
-    autograd functions (``ir.Function``) its body applies."""
+    autograd functions (``ir.Function``) its body applies and the helper its kept buffers use."""
     if not name.isidentifier():
         raise ValueError(f"not a function name: {name!r}")
-    classes = "".join(definition(f) + "\n\n" for f in qualified(tuple(functions), name))
-    if functions:  # only a body that applies autograd functions names them
+    kept = uses_kept((body, functions))
+    classes = kept_source(f"{name}_kept") + "\n\n" if kept else ""
+    classes += "".join(definition(f) + "\n\n" for f in qualified(tuple(functions), name))
+    if functions or kept:  # only a body that applies autograd functions or keeps buffers names them
         body = qualified(tuple(body), name)
     lines = [f"def {name}("]
     lines += [f"    {p}: {a}," for p, a in params]

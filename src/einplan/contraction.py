@@ -60,6 +60,13 @@ class Names:
         return name
 
 
+# A temporary copy this large (and no larger than the cap) is written into a buffer kept between
+# calls (``ir.Kept``) on a device whose fresh memory costs page faults: glibc can hand a few-MB
+# allocation back to the system when it is freed, and every call then faults its pages in anew.
+KEEP_MIN = 2**20
+KEEP_MAX = 64 * 2**20
+
+
 @dataclass
 class Context:
     """What emitting needs beside the step: fresh names, the options, the device's constants."""
@@ -70,6 +77,10 @@ class Context:
 
     def forced(self, lowering: str) -> bool:
         return self.options.lowering == lowering
+
+    def keeps(self, nbytes: float) -> bool:
+        """Whether a temporary copy of ``nbytes`` is written into a buffer kept between calls."""
+        return self.model.fresh_page > 0 and KEEP_MIN <= nbytes <= KEEP_MAX
 
 
 @dataclass(frozen=True)

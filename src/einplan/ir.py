@@ -216,6 +216,24 @@ class Launch:
 
 
 @dataclass(frozen=True)
+class Kept:
+    """``helper(view, slot, *inputs)``: ``view.contiguous()`` written into a buffer kept between calls
+    (one per thread and ``slot``; see :func:`codegen.kept_source`), not allocated anew on each.
+
+    ``helper`` is the helper's local name; like :class:`Apply`'s, the rendered name prefixes it
+    with the generated function's."""
+
+    view: Expr
+    slot: str
+    inputs: tuple = ()  # the step's other operands: a fresh copy while autograd records any
+    helper: str = "kept"
+
+    def __post_init__(self):
+        if not (self.slot.isidentifier() and self.helper.isidentifier()):
+            raise ValueError(f"not generated names: {(self.slot, self.helper)!r}")
+
+
+@dataclass(frozen=True)
 class IfExp:
     """``then if condition else otherwise``."""
 
@@ -246,7 +264,7 @@ class Tuple:
 SLICE = slice(None)
 ELLIPSIS = ...
 
-Expr = Var | Const | Call | Method | Attr | BinOp | Index | IfExp | BoolOp | Tuple | Apply | Launch
+Expr = Var | Const | Call | Method | Attr | BinOp | Index | IfExp | BoolOp | Tuple | Apply | Launch | Kept
 
 
 @dataclass(frozen=True)

@@ -294,11 +294,12 @@ class Unrolled(Lowering):
             return None
         itemsize = step.dtype.itemsize
         terms = step.numel(layout.summed)
-        copied, reads, laid = 0.0, 0, []
+        copied, reads, laid, fresh = 0.0, 0, [], []
         for value, order in zip((step.a, step.b), layout.laid, strict=True):
             if order is not None:
                 copied += step.numel(value.axes) * _gather_factor(value, order[-1], step.sizes, itemsize)
                 laid.append(step.numel(value.axes))
+                fresh += [] if context.keeps(laid[-1] * itemsize) else [laid[-1]]
                 value = Value(value.var, order)
             # a term reads its slice; a strided slice (summed axes not leading) drags in whole cache lines
             leading = value.axes[: len(layout.summed)] == tuple(layout.summed)
@@ -313,7 +314,7 @@ class Unrolled(Lowering):
             terms=terms,
             memory=(out + sum(laid)) * itemsize,
             working_set=max([2 * n for n in laid] + [out + reads]) * itemsize,  # one copy (source and copy), or one term
-            allocations=tuple(n * itemsize for n in (out, *laid)),
+            allocations=tuple(n * itemsize for n in (out, *fresh)),  # a kept copy is not allocated anew
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
@@ -322,13 +323,18 @@ class Unrolled(Lowering):
         names = context.names
         setup: list = []
         operands = []
-        for value, order in zip((step.a, step.b), layout.laid, strict=True):
+        pair = (step.a, step.b)
+        for k, (value, order) in enumerate(zip(pair, layout.laid, strict=True)):
             if order is None:
                 operands.append(value)
                 continue
             var = names.fresh("v")
-            moved = ir.Method(ir.permute(ir.Var(value.var), tuple(value.axes.index(x) for x in order)), "contiguous")
-            setup.append(ir.Assign(var, moved, f"unrolled: lay {' '.join(order)} out, {' '.join(layout.big)} last"))
+            view = ir.permute(ir.Var(value.var), tuple(value.axes.index(x) for x in order))
+            moved: ir.Expr = ir.Method(view, "contiguous")
+            note = ""
+            if context.keeps(step.numel(value.axes) * step.dtype.itemsize):
+                moved, note = ir.Kept(view, var, (ir.Var(pair[1 - k].var),)), ", kept between calls"
+            setup.append(ir.Assign(var, moved, f"unrolled: lay {' '.join(order)} out, {' '.join(layout.big)} last{note}"))
             operands.append(Value(var, order))
         a, b = operands
         kept, summed = layout.kept, layout.summed

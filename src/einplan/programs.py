@@ -28,7 +28,7 @@ from .placements import is_distributed
 from .plan import check_memory_limit
 from .resolve import resolve
 from .signatures import NO_AXES, jaxtyping_check
-from .source import FUNCTION_NAME, compile_source, render
+from .source import FUNCTION_NAME, compile_source, release_buffers, render
 
 CACHE_SIZE = 4096  # plans kept (least recently used are dropped first)
 
@@ -254,4 +254,6 @@ def cache_info():
 
 
 def clear_cache() -> None:
+    """Drop every cached plan, and this thread's kept buffers."""
     lookup.cache_clear()
+    release_buffers()

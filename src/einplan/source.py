@@ -60,6 +60,16 @@ def triton_names() -> dict:
     return {"triton": triton, "tl": tl}
 
 
+# The kept buffers of every function einplan compiles (a saved module keeps its own): one pool,
+# so that its size is that of the largest plan's temporaries, not of every plan cached.
+KEPT_BUFFERS = threading.local()
+
+
+def release_buffers() -> None:
+    """Drop this thread's kept buffers (the next call that keeps one allocates it again)."""
+    vars(KEPT_BUFFERS).clear()
+
+
 # How many live functions were compiled from each linecache entry: the entry goes with the last.
 _LINES_USED: dict[str, int] = {}
 _LINES_LOCK = threading.Lock()
@@ -88,6 +98,7 @@ def compile_source(source: str, name: str = FUNCTION_NAME, names: dict | None = 
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         _LINES_USED[filename] = _LINES_USED.get(filename, 0) + 1
     space = namespace()
+    space.update(threading=threading, **{codegen.KEPT_POOL: KEPT_BUFFERS})
     if TRITON_MARK in source:  # a fused step's kernel: its module imports triton too
         space.update(triton_names())
     space.update(names or {})
@@ -158,7 +169,9 @@ def module_text(entries: Sequence[Entry], title: str) -> str:
     names = [e.name for e in entries]
     first = names[0]
     triton = any(TRITON_MARK in e.source for e in entries)
-    imports = "torch, jaxtyping and triton" if triton else "torch and jaxtyping"
+    kept = any(codegen.KEPT_POOL in e.source for e in entries)
+    libraries = ["torch", "jaxtyping"] + ["triton"] * triton + ["threading"] * kept
+    imports = ", ".join(libraries[:-1]) + " and " + libraries[-1]
     doc = [
         title,
         "",
@@ -174,7 +187,8 @@ def module_text(entries: Sequence[Entry], title: str) -> str:
         f"    {first}_checked = jaxtyped(typechecker=beartype)({first})",
     ]
     text = '"""' + "\n".join(doc).replace("\\", "\\\\").replace('"""', '\\"\\"\\"') + '\n"""\n\n'
-    text += codegen.HEADER + (TRITON_HEADER if triton else "") + "\n"
+    text += ("import threading\n" if kept else "") + codegen.HEADER + (TRITON_HEADER if triton else "") + "\n"
+    text += codegen.KEPT_POOL_SOURCE if kept else ""
     text += "__all__ = [" + ", ".join(repr(n) for n in names) + "]\n"
     for entry in entries:
         text += "\n\n" + entry.source
