@@ -42,9 +42,9 @@ def test_which_signatures_are_close_calls():
 
 
 def most_calls(candidates: int) -> int:
-    """The most calls a trial of this many candidates takes to settle: a warm-up block each, then
-    MAX_ROUNDS rounds of BLOCK calls each."""
-    return candidates * measuring.BLOCK * (1 + measuring.MAX_ROUNDS)
+    """The most calls a trial of this many candidates takes to settle: a warm-up block of BLOCK calls
+    each, then MAX_ROUNDS rounds of blocks of MAX_BLOCK calls (calls shorter than BLOCK_SECONDS)."""
+    return candidates * (measuring.BLOCK + measuring.MAX_BLOCK * measuring.MAX_ROUNDS)
 
 
 def test_a_trial_of_three_takes_turns_and_keeps_the_fastest():
@@ -79,7 +79,7 @@ def test_short_calls_are_timed_until_their_time_adds_up():
             calls += 1
         return calls
 
-    assert calls_to_settle(lambda x: x) == most_calls(2)  # instant calls: the most rounds
+    assert calls_to_settle(lambda x: x) == most_calls(2)  # instant calls: the most rounds, the longest blocks
     slow = measuring.TRIAL_SECONDS / measuring.ROUNDS * 1.2
     assert calls_to_settle(lambda x: time.sleep(slow)) == 2 * measuring.BLOCK * (1 + measuring.ROUNDS)  # ROUNDS such calls add up
 
@@ -90,11 +90,31 @@ def test_each_candidate_runs_a_block_in_a_row_and_the_order_rotates():
     ran, kept = [], []
     functions = tuple((lambda name: lambda x: ran.append(name) or x)(name) for name in "abc")
     trial = measuring.Trial(("a", "b", "c"), functions, torch.device("cpu"), lambda k, m: kept.append(k))
-    warm_up = 3 * measuring.BLOCK
-    for call in range(warm_up + 3 * measuring.BLOCK * 3):
+    warm_up, block = 3 * measuring.BLOCK, measuring.MAX_BLOCK  # instant calls: the longest blocks
+    for call in range(warm_up + 9 * block):
         trial(call)
-    blocks = ["".join(ran[i : i + measuring.BLOCK]) for i in range(0, warm_up + 9 * measuring.BLOCK, measuring.BLOCK)]
-    assert blocks == [name * measuring.BLOCK for name in "abc" + "abcbcacab"]  # the warm-up blocks, then the rounds
+    assert trial.block == block
+    blocks = ["".join(ran[i : i + measuring.BLOCK]) for i in range(0, warm_up, measuring.BLOCK)]
+    blocks += ["".join(ran[i : i + block]) for i in range(warm_up, warm_up + 9 * block, block)]
+    assert blocks == [name * measuring.BLOCK for name in "abc"] + [name * block for name in "abcbcacab"]  # warm-ups, rounds
+
+
+def test_short_calls_run_longer_blocks_so_the_timed_one_follows_calls_of_itself():
+    """A timed round's block lasts BLOCK_SECONDS at least: after another candidate's calls, torch's
+    threads may idle, and a call of tens of microseconds pays for waking them."""
+    assert measuring.Trial.block_for(10 * measuring.BLOCK_SECONDS) == measuring.BLOCK
+    assert measuring.Trial.block_for(measuring.BLOCK_SECONDS / 4) == 4
+    assert measuring.Trial.block_for(measuring.BLOCK_SECONDS / 100) == measuring.MAX_BLOCK
+    assert measuring.Trial.block_for(0.0) == measuring.MAX_BLOCK
+    ran, kept = [], []
+    pause = measuring.BLOCK_SECONDS / 3  # block_for: 3 or, slowed by the machine, fewer (BLOCK at least)
+    functions = tuple((lambda name: lambda x: time.sleep(pause) or ran.append(name) or x)(name) for name in "ab")
+    trial = measuring.Trial(("a", "b"), functions, torch.device("cpu"), lambda k, m: kept.append(k))
+    for call in range(2 * measuring.BLOCK + 4 * 3):
+        trial(call)
+    assert measuring.BLOCK <= trial.block <= 3
+    rounds = "".join(ran[2 * measuring.BLOCK :])
+    assert rounds.startswith("a" * trial.block + "b" * trial.block)
 
 
 def test_a_candidate_far_slower_on_its_warm_up_is_not_timed_again():

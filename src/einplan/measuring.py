@@ -6,10 +6,11 @@ matmuls).  Where a plan's contraction steps have other lowerings within
 :data:`CLOSE` of the winner's estimate, ``bl``'s first calls on that signature
 take turns between the plan and, for each such lowering, the plan with it
 forced on every step, on the caller's own tensors, in blocks of :data:`BLOCK`
-calls of one plan in a row, the last one timed: a warm-up block each (one whose
-timed call took over :data:`DROP` times the fastest one's and over
-:data:`TRIAL_SECONDS` drops its plan), then
-rounds, the order rotated every round, at least :data:`ROUNDS` timed calls each and until each one's add up
+calls of one plan in a row (more for calls shorter than :data:`BLOCK_SECONDS`),
+the last one timed: a warm-up block each (one whose timed call took over
+:data:`DROP` times the fastest one's and over :data:`TRIAL_SECONDS` drops its
+plan), then rounds, the order rotated every round, at least :data:`ROUNDS`
+timed calls each and until each one's add up
 to :data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The fastest by its median is kept (the
 program's function is replaced, so later calls cost what they always did) and
 recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
@@ -22,6 +23,7 @@ model's choice, deterministically.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import threading
@@ -40,7 +42,9 @@ CLOSE = 2.0  # a lowering whose estimate is within this factor of the winner's i
 ROUNDS = 5  # timed calls of each candidate at least, after a warm-up block each
 TRIAL_SECONDS = 2e-3  # ... and more until its timed calls add up to this (short calls are noisy) ...
 MAX_ROUNDS = 25  # ... or it has this many
-BLOCK = 2  # calls of one candidate in a row in a timed round, the last of them timed
+BLOCK = 2  # calls of one candidate in a row in a warm-up or timed block, the last of them timed ...
+BLOCK_SECONDS = 2e-4  # ... and in a timed round as many more as make the block last this long ...
+MAX_BLOCK = 8  # ... at most this many (short calls: after another candidate's, torch's threads may idle)
 DROP = 3.0  # a candidate whose warm-up block's timed call took this many times the fastest one's (and
 # over TRIAL_SECONDS) is not timed further
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
@@ -134,6 +138,7 @@ class Trial:
     times: dict = field(default_factory=dict)
     warm_ups: dict = field(default_factory=dict)  # name -> seconds of its warm-up block's timed call
     active: tuple = ()  # the candidates of the timed rounds (indices): every one until the warm-ups drop some
+    block: int = BLOCK  # calls in a row of a timed round's block, set by the warm-ups (see block_for)
     calls: int = 0
     settled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -189,21 +194,31 @@ class Trial:
             if len(self.warm_ups) < len(self.names):
                 return
             fastest = min(self.warm_ups.values())
+            self.block = self.block_for(fastest)
             self.active = tuple(k for k, n in enumerate(self.names) if k == 0 or not self._far_slower(self.warm_ups[n], fastest))
             if len(self.active) > 1 or self.settled:
                 return
             self.settled = True  # every other candidate is out: the cost model's choice stays
         self._conclude()
 
+    @staticmethod
+    def block_for(seconds: float) -> int:
+        """Calls in a row of a timed round's block when the fastest warm-up took ``seconds``: at least
+        :data:`BLOCK`, and enough to last :data:`BLOCK_SECONDS` (:data:`MAX_BLOCK` at most).  A call of
+        tens of microseconds right after another candidate's can find torch's threads asleep: a 25 us
+        ``torch.linalg.vecdot`` timed 520 us as the second of two calls in a row, 16-26 us as the sixth,
+        and blocks of two chose the slower plan in 4 of 8 processes, blocks of six in none of 6."""
+        return min(MAX_BLOCK, max(BLOCK, math.ceil(BLOCK_SECONDS / max(seconds, 1e-9))))
+
     def candidate(self, turn: int) -> tuple[int, bool]:
         """Which candidate runs on timed-round call ``turn``, and whether that call is timed: each
-        candidate in turn runs :data:`BLOCK` calls in a row and only the last is timed, as in the
+        candidate in turn runs a block of calls in a row (:meth:`block_for`) and only the last is timed, as in the
         caller's loop of one plan (the call after another candidate finds that one's freed memory and
         flushed caches: 3x3 batched matmuls measured 10-14 ms in an alternating trial, 6 ms in a
         loop); the order is rotated by one every round, so no candidate always follows the same one."""
-        block, offset = divmod(turn, BLOCK)
+        block, offset = divmod(turn, self.block)
         rounds, position = divmod(block, len(self.active))
-        return self.active[(position + rounds) % len(self.active)], offset == BLOCK - 1
+        return self.active[(position + rounds) % len(self.active)], offset == self.block - 1
 
     @staticmethod
     def _timed_enough(times: list) -> bool:
