@@ -3,7 +3,8 @@
 ``render`` writes one annotated function for a plan (the code ``bl`` runs and
 ``code`` shows: every axis named in its annotations; a kernel's: sizes pinned,
 its size-free dynamic axes named).  ``module_text`` writes the standalone
-module a kernel saves (imports only torch and jaxtyping).  ``compile_source``
+module a kernel saves (imports only torch and jaxtyping, and threading where
+its code keeps buffers between calls).  ``compile_source``
 executes generated source, registered with linecache so that tracebacks show
 its lines.
 """
