@@ -204,26 +204,12 @@ def kept_source(name: str) -> str:
 '''
 
 
-def uses_kept(nodes) -> bool:
-    """Whether ``nodes`` (statements, expressions, autograd functions) write a kept buffer."""
-    stack = [nodes]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ir.Kept):
-            return True
-        if isinstance(node, (tuple, list)):
-            stack.extend(node)
-        elif is_dataclass(node) and not isinstance(node, (type, ir.Const)):
-            stack.extend(getattr(node, f.name) for f in fields(node))
-    return False
-
-
 def function(name: str, params: list[tuple[str, str]], returns: str, doc: str, body, functions=()) -> str:
     """The source of one function: ``def name(x0: Float[Tensor, "..."], ...) -> ...``, after the
     autograd functions (``ir.Function``) its body applies and the helper its kept buffers use."""
     if not name.isidentifier():
         raise ValueError(f"not a function name: {name!r}")
-    kept = uses_kept((body, functions))
+    kept = any(isinstance(node, ir.Kept) for node in ir.walk((body, functions)))  # it writes a kept buffer
     classes = kept_source(f"{name}_kept") + "\n\n" if kept else ""
     classes += "".join(definition(f) + "\n\n" for f in qualified(tuple(functions), name))
     if functions or kept:  # only a body that applies autograd functions or keeps buffers names them

@@ -7,7 +7,7 @@ made, so nothing else can ever reach the generated source.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -404,16 +404,19 @@ def plus(left: Expr, right: Expr) -> Expr:
     return BinOp("+", left, right)
 
 
-def sized_axes(nodes: Iterable) -> frozenset:
-    """Every axis whose size some constant in ``nodes`` (statements or expressions) was computed from."""
-    found: set = set()
+def walk(nodes: Iterable) -> Iterator:
+    """Every node in ``nodes`` (statements, expressions, autograd functions, nested in tuples and
+    lists) and in their fields, a :class:`Const` without looking inside it."""
     stack = list(nodes)
     while stack:
         node = stack.pop()
-        if isinstance(node, Const):
-            found.update(node.sizes)
-        elif isinstance(node, (tuple, list)):
+        yield node
+        if isinstance(node, (tuple, list)):
             stack.extend(node)
-        elif is_dataclass(node) and not isinstance(node, type):
+        elif is_dataclass(node) and not isinstance(node, (type, Const)):
             stack.extend(getattr(node, f.name) for f in fields(node))
-    return frozenset(found)
+
+
+def sized_axes(nodes: Iterable) -> frozenset:
+    """Every axis whose size some constant in ``nodes`` (statements or expressions) was computed from."""
+    return frozenset(axis for node in walk(nodes) if isinstance(node, Const) for axis in node.sizes)

@@ -299,7 +299,8 @@ class Unrolled(Lowering):
             if order is not None:
                 copied += step.numel(value.axes) * _gather_factor(value, order[-1], step.sizes, itemsize)
                 laid.append(step.numel(value.axes))
-                fresh += [] if context.keeps(laid[-1] * itemsize) else [laid[-1]]
+                if not context.keeps(laid[-1] * itemsize):  # a kept copy is not allocated anew
+                    fresh.append(laid[-1])
                 value = Value(value.var, order)
             # a term reads its slice; a strided slice (summed axes not leading) drags in whole cache lines
             leading = value.axes[: len(layout.summed)] == tuple(layout.summed)
@@ -314,7 +315,7 @@ class Unrolled(Lowering):
             terms=terms,
             memory=(out + sum(laid)) * itemsize,
             working_set=max([2 * n for n in laid] + [out + reads]) * itemsize,  # one copy (source and copy), or one term
-            allocations=tuple(n * itemsize for n in (out, *fresh)),  # a kept copy is not allocated anew
+            allocations=tuple(n * itemsize for n in (out, *fresh)),
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
