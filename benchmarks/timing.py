@@ -35,6 +35,8 @@ class Timing:
     min_us: float
     samples: int  # number of samples taken
     number: int  # calls per sample
+    per_call_us: tuple[float, ...] = ()  # each sample's per-call time, in the order taken
+    rounds: tuple[int, ...] = ()  # the round of time_many each sample was taken in (-1: calibration)
 
     @property
     def iqr_us(self) -> float:
@@ -54,13 +56,16 @@ def _sample(fn: Callable[[], object], number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def stats(per_call_s: list[float], number: int) -> Timing:
+def stats(per_call_s: list[float], number: int, rounds: Iterable[int] = ()) -> Timing:
+    """Median, quartiles and minimum of the samples; the samples themselves are kept in the order
+    taken, so two candidates sampled round robin can be compared round by round (:func:`paired_ratio`)."""
     xs = sorted(per_call_s)
     if len(xs) >= 2:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     else:
         q1 = q3 = xs[0]
-    return Timing(statistics.median(xs) * 1e6, q1 * 1e6, q3 * 1e6, xs[0] * 1e6, len(xs), number)
+    ordered = tuple(x * 1e6 for x in per_call_s)
+    return Timing(statistics.median(xs) * 1e6, q1 * 1e6, q3 * 1e6, xs[0] * 1e6, len(xs), number, ordered, tuple(rounds))
 
 
 def time_many(
@@ -84,6 +89,7 @@ def time_many(
     """
     names = list(fns)
     samples: dict[str, list[float]] = {}
+    taken_in: dict[str, list[int]] = {}  # the round of each sample
     number: dict[str, int] = {}
     repeat: dict[str, int] = {}
     for name in names:
@@ -104,6 +110,7 @@ def time_many(
         repeat[name] = int(min(max_repeat, max(min_repeat, budget_s / loop)))
         # a slow op (one unconfirmed call) keeps its calibration call as its first sample
         samples[name] = [loop] if n == 1 and loop >= 20 * min_sample_s else []
+        taken_in[name] = [-1] * len(samples[name])
     rounds = max(repeat.values()) if repeat else 0
     for r in range(rounds):
         # rotate the order each round so no candidate always runs first
@@ -111,7 +118,21 @@ def time_many(
         for name in order:
             if len(samples[name]) < repeat[name]:
                 samples[name].append(_sample(fns[name], number[name]))
-    return {name: stats(samples[name], number[name]) for name in names}
+                taken_in[name].append(r)
+    return {name: stats(samples[name], number[name], taken_in[name]) for name in names}
+
+
+def paired_ratio(a: Timing, b: Timing) -> float:
+    """How many times slower ``a`` is than ``b``, as the median over rounds of the ratio of their
+    samples taken in the same round of :func:`time_many`: the two samples of a round lie a few
+    milliseconds apart, so a slow stretch of the machine (another process, a frequency change) that
+    lasts longer than a round moves both alike and cancels.  Without samples in common, the ratio of
+    the medians."""
+    in_b = {r: y for r, y in zip(b.rounds, b.per_call_us, strict=True) if r >= 0}
+    pairs = [(x, in_b[r]) for r, x in zip(a.rounds, a.per_call_us, strict=True) if r in in_b]
+    if not pairs or any(y <= 0 for _, y in pairs):
+        return a.median_us / b.median_us
+    return statistics.median(x / y for x, y in pairs)
 
 
 def time_one(fn: Callable[[], object], **kwargs) -> Timing:

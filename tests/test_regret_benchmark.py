@@ -85,3 +85,26 @@ def test_same_code_tells_a_tie_from_a_planning_choice():
     summary = regret.summarize([tie, choice])
     assert summary["worst_regret"] == 1.3 and summary["same_code_as_best"] == 1
     assert summary["worst_regret_different_code"] == 1.1
+
+
+def test_paired_ratio_compares_samples_of_the_same_round():
+    load_regret()  # puts benchmarks/ on the path
+    from timing import Timing, paired_ratio
+
+    def timing(samples, rounds):
+        xs = sorted(samples)
+        return Timing(xs[len(xs) // 2], xs[0], xs[-1], xs[0], len(xs), 1, tuple(samples), tuple(rounds))
+
+    # a slow stretch (rounds 3-6) that lands on b's samples more than on a's: medians say a is 1.5x
+    # faster, round by round a is 2x slower
+    a = timing([20, 20, 20, 40, 40, 40, 40], range(7))
+    b = timing([10, 10, 10, 20, 20, 20, 20], range(7))
+    assert paired_ratio(a, b) == 2.0
+    b_late = timing([10, 10, 10, 200, 200, 200, 200], range(7))
+    assert paired_ratio(a, b_late) == 40 / 200  # four of seven rounds say 0.2
+    # a calibration sample (round -1) and rounds the other never sampled are left out
+    c = timing([100, 30, 30, 30], [-1, 0, 1, 2])
+    d = timing([10, 10, 10, 10, 10], range(5))
+    assert paired_ratio(c, d) == 3.0
+    # nothing in common: the ratio of the medians
+    assert paired_ratio(timing([30], [-1]), timing([10], [-1])) == 3.0
