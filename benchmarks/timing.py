@@ -35,8 +35,7 @@ class Timing:
     min_us: float
     samples: int  # number of samples taken
     number: int  # calls per sample
-    per_call_us: tuple[float, ...] = ()  # each sample's per-call time, in the order taken
-    rounds: tuple[int, ...] = ()  # the round of time_many each sample was taken in (-1: calibration)
+    by_round: tuple[tuple[int, float], ...] = ()  # (round of time_many, per-call us) of each sample taken in a round
 
     @property
     def iqr_us(self) -> float:
@@ -56,16 +55,17 @@ def _sample(fn: Callable[[], object], number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def stats(per_call_s: list[float], number: int, rounds: Iterable[int] = ()) -> Timing:
-    """Median, quartiles and minimum of the samples; the samples themselves are kept in the order
-    taken, so two candidates sampled round robin can be compared round by round (:func:`paired_ratio`)."""
+def stats(per_call_s: list[float], number: int, by_round: Iterable[tuple[int, float]] = ()) -> Timing:
+    """Median, quartiles and minimum of the samples (seconds per call); ``by_round``, the samples
+    taken in rounds as (round, seconds), is kept so that two candidates sampled round robin can be
+    compared round by round (:func:`paired_ratio`)."""
     xs = sorted(per_call_s)
     if len(xs) >= 2:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     else:
         q1 = q3 = xs[0]
-    ordered = tuple(x * 1e6 for x in per_call_s)
-    return Timing(statistics.median(xs) * 1e6, q1 * 1e6, q3 * 1e6, xs[0] * 1e6, len(xs), number, ordered, tuple(rounds))
+    rounds = tuple((r, x * 1e6) for r, x in by_round)
+    return Timing(statistics.median(xs) * 1e6, q1 * 1e6, q3 * 1e6, xs[0] * 1e6, len(xs), number, rounds)
 
 
 def time_many(
@@ -89,7 +89,7 @@ def time_many(
     """
     names = list(fns)
     samples: dict[str, list[float]] = {}
-    taken_in: dict[str, list[int]] = {}  # the round of each sample
+    by_round: dict[str, list[tuple[int, float]]] = {name: [] for name in names}  # (round, sample)
     number: dict[str, int] = {}
     repeat: dict[str, int] = {}
     for name in names:
@@ -110,7 +110,6 @@ def time_many(
         repeat[name] = int(min(max_repeat, max(min_repeat, budget_s / loop)))
         # a slow op (one unconfirmed call) keeps its calibration call as its first sample
         samples[name] = [loop] if n == 1 and loop >= 20 * min_sample_s else []
-        taken_in[name] = [-1] * len(samples[name])
     rounds = max(repeat.values()) if repeat else 0
     for r in range(rounds):
         # rotate the order each round so no candidate always runs first
@@ -118,8 +117,8 @@ def time_many(
         for name in order:
             if len(samples[name]) < repeat[name]:
                 samples[name].append(_sample(fns[name], number[name]))
-                taken_in[name].append(r)
-    return {name: stats(samples[name], number[name], taken_in[name]) for name in names}
+                by_round[name].append((r, samples[name][-1]))
+    return {name: stats(samples[name], number[name], by_round[name]) for name in names}
 
 
 def paired_ratio(a: Timing, b: Timing) -> float:
@@ -128,8 +127,8 @@ def paired_ratio(a: Timing, b: Timing) -> float:
     milliseconds apart, so a slow stretch of the machine (another process, a frequency change) that
     lasts longer than a round moves both alike and cancels.  Without samples in common, the ratio of
     the medians."""
-    in_b = {r: y for r, y in zip(b.rounds, b.per_call_us, strict=True) if r >= 0}
-    pairs = [(x, in_b[r]) for r, x in zip(a.rounds, a.per_call_us, strict=True) if r in in_b]
+    in_b = dict(b.by_round)
+    pairs = [(x, in_b[r]) for r, x in a.by_round if r in in_b]
     if not pairs or any(y <= 0 for _, y in pairs):
         return a.median_us / b.median_us
     return statistics.median(x / y for x, y in pairs)
