@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import einplan
-from einplan import calibration, cost
+from einplan import calibration, cost, tuning
 from einplan.runtime import plan_for
 
 pytestmark = pytest.mark.usefixtures("shipped_cost_model")
@@ -160,10 +160,10 @@ def test_the_last_level_cache_is_read_from_the_machine(tmp_path, monkeypatch):
         folder = tmp_path / f"index{index}"
         folder.mkdir()
         (folder / "size").write_text(size + "\n")
-    monkeypatch.setattr(cost.glob, "glob", lambda pattern: sorted(str(p / "size") for p in tmp_path.iterdir()))
-    assert cost.last_level_cache(0.0) == 32 * 2**20
-    monkeypatch.setattr(cost.glob, "glob", lambda pattern: [])
-    assert cost.last_level_cache(0.0) == 0.0  # nothing to read: no such level
+    monkeypatch.setattr(tuning.glob, "glob", lambda pattern: sorted(str(p / "size") for p in tmp_path.iterdir()))
+    assert tuning.last_level_cache(0.0) == 32 * 2**20
+    monkeypatch.setattr(tuning.glob, "glob", lambda pattern: [])
+    assert tuning.last_level_cache(0.0) == 0.0  # nothing to read: no such level
 
 
 def test_a_working_set_in_the_last_level_cache_moves_at_its_speed():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import einplan
-from einplan import cost
+from einplan import cost, tuning
 from einplan.cli import main
 from einplan.plan import CHUNKED, ELEMENTWISE, MATMUL, UNROLLED
 from einplan.runtime import plan_for
@@ -224,9 +224,10 @@ def test_a_tuned_cuda_model_round_trips_with_its_zero_constants():
 
 def test_tune_stores_cuda_constants_under_the_gpus_name(monkeypatch):
     measured = tuned_gpu()
-    monkeypatch.setattr(cost, "measure", lambda device, quick=False: measured)
+    monkeypatch.setattr(tuning, "measure", lambda device, quick=False: measured)
     monkeypatch.setattr(cost, "gpu_name", lambda device: "Test GPU")
-    model, path = cost.tune("cuda", quick=True)
+    monkeypatch.setattr(tuning, "gpu_name", lambda device: "Test GPU")
+    model, path = tuning.tune("cuda", quick=True)
     assert model == measured and model.origin == f"constants tuned on Test GPU, from {path}"
     assert set(json.loads(path.read_text())) == {"cuda", "cuda/Test GPU"}
     assert cost.load_model("cuda:0") == measured

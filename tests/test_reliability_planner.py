@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import einplan
-from einplan import cost
+from einplan import tuning
 
 REDUCERS = ("max", "min", "argmax", "argmin", "logsumexp", "mean", "sum")
 
@@ -110,7 +110,7 @@ def test_the_output_size_refusal_counts_the_results_dtype_and_tensors():
 def test_tune_refuses_devices_it_cannot_time(device, tmp_path, monkeypatch):
     monkeypatch.setenv("EINPLAN_CACHE_DIR", str(tmp_path))
     with pytest.raises(einplan.EinplanError):
-        cost.measure(device, quick=True)
+        tuning.measure(device, quick=True)
     assert not list(tmp_path.iterdir())  # nothing stored for later CPU plans
 
 

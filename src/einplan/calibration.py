@@ -28,7 +28,8 @@ from functools import lru_cache
 
 import torch
 
-from .cost import CONSTANTS, DeviceModel, cache_file, gpu_name, load_model, measure, stored_constants
+from .cost import CONSTANTS, DeviceModel, cache_file, gpu_name, load_model, stored_constants
+from .tuning import measure
 
 ENVIRONMENT = "EINPLAN_CALIBRATE"
 SECTION = "calibrated"  # the cache file's table of calibrated constants, by device identity

@@ -4,7 +4,6 @@ each command (explain, codegen, bench, tune); :mod:`einplan.cli` holds the argum
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 import sys
@@ -14,8 +13,8 @@ from typing import Any
 
 import torch
 
-from . import cost, runtime
 from . import plan as planner
+from . import runtime, tuning
 from .errors import EinplanError, PatternError, ShapeError
 from .explain import describe
 from .kernels import Kernel, kernel, module_source
@@ -419,29 +418,13 @@ def _measure(fn, tensors, expected, device, repeat) -> tuple[float, str]:
 
 
 def cmd_tune(args) -> int:
-    tune = getattr(cost, "tune", None)
-    if tune is None:
-        print(
-            "einplan tune: tuning is not available yet in this version of einplan; the planner uses its built-in CPU and CUDA constants.",
-            file=sys.stderr,
-        )
-        return 1
-    parameters = inspect.signature(tune).parameters
-    kwargs: dict[str, Any] = {}
-    if "device" in parameters:
-        kwargs["device"] = str(_running_device(args.device, "measuring its constants"))
-    if args.quick and "quick" in parameters:
-        kwargs["quick"] = True
+    device = str(_running_device(args.device, "measuring its constants"))
     print(f"einplan tune: measuring the cost model's constants on {args.device} ...", flush=True)
-    result = tune(**kwargs)
-    model, path = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
-    if dataclasses.is_dataclass(model) and not isinstance(model, type):
-        for field, value in dataclasses.asdict(model).items():
-            print(f"  {field:<18} {value:.4g}" if isinstance(value, float) else f"  {field:<18} {value}")
-    elif model is not None:
-        print(model)
-    if path is not None and getattr(model, "kind", None) == "cuda":
+    model, path = tuning.tune(device, quick=args.quick)
+    for field, value in dataclasses.asdict(model).items():
+        print(f"  {field:<18} {value:.4g}" if isinstance(value, float) else f"  {field:<18} {value}")
+    if model.kind == "cuda":
         print(f"stored in {path}; later CUDA plans use these constants (on a machine with this GPU, by its name)")
-    elif path is not None:
+    else:
         print(f"stored in {path}; later runs plan with these constants")
     return 0

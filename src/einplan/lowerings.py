@@ -168,6 +168,8 @@ class MatmulBroadcast(Lowering):
             return replace(estimate, elementwise=K)
         if layout.batch and N == 1 and model.column_rate:  # matvecs or dot products: far below the GEMM rate
             return replace(estimate, column_flops=2 * B * M * K, matrices=B)
+        if layout.batch and M == 1 and N > 1 and model.row_rate:  # vectors times matrices: one pass over the matrices
+            return replace(estimate, row_flops=2 * B * N * K, matrices=B)
         return replace(estimate, gemm_flops=2 * B * M * N * K, matrices=B if layout.batch else 0).gemm_eff(model, M, N, K)
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
