@@ -193,6 +193,7 @@ class Result:
     sig: Signature
     plan: str = ""
     measured: str = ""  # what einplan's close-call measurement kept, where it measured
+    trial: str = ""  # ... and what it timed on those first calls
     timings: dict = field(default_factory=dict)  # candidate -> Timing
     notes: list = field(default_factory=list)
     best: str | None = None
@@ -308,8 +309,10 @@ def measure(sig: Signature, settings: Settings) -> Result:
         min_repeat=settings.min_repeat,
         max_repeat=settings.max_repeat,
     )
-    kept = [str(getattr(measured_choices()[k], "kept", "?")) for k in measured_choices() if k not in before]
+    new = [measured_choices()[k] for k in measured_choices() if k not in before]
+    kept = [str(getattr(m, "kept", "?")) for m in new]
     result.measured = ", ".join(kept)
+    result.trial = "; ".join(m.describe() for m in new if hasattr(m, "describe"))
     default = result.timings[DEFAULT]
     lowered = {n: paired_ratio(default, t) for n, t in result.timings.items() if n.startswith("lowering=")}
     if lowered:
@@ -440,6 +443,7 @@ def result_json(r: Result) -> dict:
         "dtype": r.sig.dtype,
         "default_plan": r.plan,
         "measured_kept": r.measured or None,
+        "trial": r.trial or None,
         "timings": {name: t.as_dict() for name, t in r.timings.items()},
         "best_lowering": r.best,
         "regret": r.regret,

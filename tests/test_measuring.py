@@ -66,6 +66,33 @@ def test_a_trial_of_three_takes_turns_and_keeps_the_fastest():
     assert measured.seconds["chosen"] > measured.seconds["second"] > measured.seconds["third"]
 
 
+def test_a_trial_compares_calls_of_the_same_round_not_medians():
+    """A slow stretch of the machine (100-400 ms in which one op runs 1.3-3x slower) can fall on one
+    candidate's calls and not the other's: here on the other's in round 2 and on both after it, so
+    its median is 2.4x the choice's while in 4 of 5 rounds it ran 0.8x as long.  Compared round by
+    round it wins; by their medians (a 4x4 float64 bmm's trial, so) the choice stayed."""
+    stretch = {"chosen": (1, 1, 1, 3, 3), "other": (0.8, 0.8, 2.4, 2.4, 2.4)}  # milliseconds, by round
+    kept = []
+
+    def scheduled(name):
+        calls = [0]
+
+        def run(x):  # the trial runs blocks of BLOCK calls (these last over BLOCK_SECONDS): a warm-up, then a round each
+            time.sleep(stretch[name][min(max(calls[0] // measuring.BLOCK - 1, 0), 4)] / 1000)
+            calls[0] += 1
+            return x
+
+        return run
+
+    trial = measuring.Trial(tuple(stretch), tuple(map(scheduled, stretch)), torch.device("cpu"), lambda k, m: kept.append((k, m)))
+    while not kept:
+        trial(0)
+    ((name, measured),) = kept
+    assert measured.seconds["other"] > 2 * measured.seconds["chosen"]  # the medians
+    assert name == "other" and trial.paired("other", "chosen") == pytest.approx(0.8, rel=0.2)
+    assert trial.block == measuring.BLOCK and sorted(trial.by_round["other"]) == list(range(5))
+
+
 def test_short_calls_are_timed_until_their_time_adds_up():
     """A trial settles once each candidate has ROUNDS timed calls that add up to TRIAL_SECONDS, or
     MAX_ROUNDS calls: calls of a few microseconds get many samples, calls of milliseconds few."""

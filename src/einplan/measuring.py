@@ -11,7 +11,8 @@ the last one timed: a warm-up block each (one whose timed call took over
 :data:`DROP` times the fastest one's and over :data:`TRIAL_SECONDS` drops its
 plan), then rounds, the order rotated every round, at least :data:`ROUNDS`
 timed calls each and until each one's add up
-to :data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The fastest by its median is kept (the
+to :data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The one fastest against the cost model's
+choice, by the median of their ratios round by round, is kept (the
 program's function is replaced, so later calls cost what they always did) and
 recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
 signature reuses.  The plans compute the same result (each is tested against
@@ -137,6 +138,7 @@ class Trial:
     settle: Callable[[str, Measured], None]
     times: dict = field(default_factory=dict)
     warm_ups: dict = field(default_factory=dict)  # name -> seconds of its warm-up block's timed call
+    by_round: dict = field(default_factory=dict)  # name -> {round: seconds of its timed call}
     active: tuple = ()  # the candidates of the timed rounds (indices): every one until the warm-ups drop some
     block: int = BLOCK  # calls in a row of a timed round's block, set by the warm-ups (see block_for)
     calls: int = 0
@@ -152,6 +154,7 @@ class Trial:
             self.calls += 1
         warm_up = turn < len(self.names) * BLOCK
         k, timed = self.warm_up_turn(turn) if warm_up else self.candidate(turn - len(self.names) * BLOCK)
+        round_ = -1 if warm_up else self.round_of(turn - len(self.names) * BLOCK)
         if self.settled or not timed:  # a block's first call, or one racing the settle
             return self.functions[k](*tensors)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
@@ -165,7 +168,7 @@ class Trial:
         if warm_up:
             self._warmed(self.names[k], seconds)
         else:
-            self._record(self.names[k], seconds)
+            self._record(self.names[k], round_, seconds)
         return result
 
     @staticmethod
@@ -220,26 +223,45 @@ class Trial:
         rounds, position = divmod(block, len(self.active))
         return self.active[(position + rounds) % len(self.active)], offset == self.block - 1
 
+    def round_of(self, turn: int) -> int:
+        """The round timed-round call ``turn`` belongs to (every active candidate runs once a round)."""
+        return turn // self.block // len(self.active)
+
     @staticmethod
     def _timed_enough(times: list) -> bool:
         """ROUNDS timed calls, and enough of them that they add up to TRIAL_SECONDS (a call of 40 us
         varies by 20% from one call to the next), MAX_ROUNDS at most."""
         return len(times) >= MAX_ROUNDS or (len(times) >= ROUNDS and sum(times) >= TRIAL_SECONDS)
 
-    def _record(self, name: str, seconds: float) -> None:
+    def _record(self, name: str, round_: int, seconds: float) -> None:
         with self.lock:
             self.times.setdefault(name, []).append(seconds)
+            self.by_round.setdefault(name, {})[round_] = seconds
             if self.settled or not all(self._timed_enough(self.times.get(self.names[k], [])) for k in self.active):
                 return
             self.settled = True
         self._conclude()
 
+    def paired(self, name: str, base: str) -> float:
+        """How much slower ``name`` ran than ``base``: the median, over the rounds that timed both, of
+        its call over base's in the same round (by their medians where no round timed both).  The calls
+        of one round are a few milliseconds apart, while this machine has stretches of 100-400 ms in
+        which one op runs 1.3-3x slower: a stretch that falls on one candidate's calls moves its median
+        and not the ratio (a 4x4 float64 bmm's trial kept a plan 1.23x slower by the medians)."""
+        mine, theirs = self.by_round.get(name, {}), self.by_round.get(base, {})
+        ratios = [mine[r] / theirs[r] for r in mine if r in theirs and theirs[r] > 0]
+        if ratios:
+            return statistics.median(ratios)
+        return statistics.median(self.times[name]) / max(statistics.median(self.times[base]), 1e-12)
+
     def _conclude(self) -> None:
-        """Settle on the fastest timed candidate by its median; one out of the rounds (or the choice
-        left alone, untimed) is reported by its warm-up block's timed call."""
+        """Settle on the timed candidate fastest against the cost model's choice, round by round (see
+        :meth:`paired`); one out of the rounds (or the choice left alone, untimed) is reported by its
+        warm-up block's timed call."""
         timed = [self.names[k] for k in self.active]
         seconds = {n: statistics.median(self.times[n]) if n in timed and n in self.times else self.warm_ups[n] for n in self.names}
-        kept = min(timed, key=lambda n: seconds[n])  # ties keep the cost model's choice (first)
+        base = timed[0]  # the cost model's choice: always timed
+        kept = min(timed, key=lambda n: 1.0 if n == base else self.paired(n, base))  # ties keep the choice (first)
         self.settle(kept, Measured(seconds, kept, warm_up_only=tuple(n for n in self.names if n not in timed)))
 
 
