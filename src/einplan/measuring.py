@@ -12,7 +12,8 @@ the last one timed: a warm-up block each (one whose timed call took over
 plan), then rounds, the order rotated every round, at least :data:`ROUNDS`
 timed calls each and until each one's add up
 to :data:`TRIAL_SECONDS` (:data:`MAX_ROUNDS` at most).  The one fastest against the cost model's
-choice, by the median of their ratios round by round, is kept (the
+choice, by the median of their ratios round by round, is kept where it beats the choice by
+:data:`MARGIN` (the
 program's function is replaced, so later calls cost what they always did) and
 recorded in :data:`MEASURED`, which ``explain`` shows and a re-plan of the same
 signature reuses.  The plans compute the same result (each is tested against
@@ -46,6 +47,8 @@ MAX_ROUNDS = 25  # ... or it has this many
 BLOCK = 2  # calls of one candidate in a row in a warm-up or timed block, the last of them timed ...
 BLOCK_SECONDS = 2e-4  # ... and in a timed round as many more as make the block last this long ...
 MAX_BLOCK = 8  # ... at most this many (short calls: after another candidate's, torch's threads may idle)
+MARGIN = 0.95  # another candidate replaces the cost model's choice when it ran in at most this much of its
+# time, round by round (closer, the trial's noise decides: two timings of one plan differ by up to 6%)
 DROP = 3.0  # a candidate whose warm-up block's timed call took this many times the fastest one's (and
 # over TRIAL_SECONDS) is not timed further
 MAX_MEASURED = 4096  # signatures whose measured choice is remembered
@@ -256,12 +259,13 @@ class Trial:
 
     def _conclude(self) -> None:
         """Settle on the timed candidate fastest against the cost model's choice, round by round (see
-        :meth:`paired`); one out of the rounds (or the choice left alone, untimed) is reported by its
-        warm-up block's timed call."""
+        :meth:`paired`), where it ran in at most :data:`MARGIN` of the choice's time; one out of the
+        rounds (or the choice left alone, untimed) is reported by its warm-up block's timed call."""
         timed = [self.names[k] for k in self.active]
         seconds = {n: statistics.median(self.times[n]) if n in timed and n in self.times else self.warm_ups[n] for n in self.names}
-        base = timed[0]  # the cost model's choice: always timed
-        kept = min(timed, key=lambda n: 1.0 if n == base else self.paired(n, base))  # ties keep the choice (first)
+        base, others = timed[0], timed[1:]  # the cost model's choice is always timed
+        best = min(others, key=lambda n: self.paired(n, base), default=base)
+        kept = best if best != base and self.paired(best, base) <= MARGIN else base
         self.settle(kept, Measured(seconds, kept, warm_up_only=tuple(n for n in self.names if n not in timed)))
 
 
