@@ -8,7 +8,11 @@ Method, kept deliberately plain:
   doubled until one loop lasts at least ``min_sample_s`` (tiny ops are timed
   in loops of many calls; ops that take seconds, one call per sample).
 * Samples of all candidates of one comparison are *interleaved* (round robin),
-  so background load on the machine hits every candidate alike.
+  so background load on the machine hits every candidate alike, in a fresh
+  order each round (shuffled, seeded): a sample's first call finds in cache
+  what the candidate before it left there, and an order only rotated keeps
+  every candidate behind the same one (a compiled 2x2 bmm behind a row that
+  reads other tensors timed 1.2x the same code behind a row that reads its own).
 * Reported: median and inter-quartile range (IQR) of the per-call time of the
   samples, in microseconds.  Clock: ``time.perf_counter``.  The garbage
   collector is left on and ``torch.set_num_threads`` is left at its default.
@@ -17,6 +21,7 @@ Method, kept deliberately plain:
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -111,9 +116,9 @@ def time_many(
         # a slow op (one unconfirmed call) keeps its calibration call as its first sample
         samples[name] = [loop] if n == 1 and loop >= 20 * min_sample_s else []
     rounds = max(repeat.values()) if repeat else 0
+    shuffle = random.Random(0)  # the same orders in every run
     for r in range(rounds):
-        # rotate the order each round so no candidate always runs first
-        order = names[r % len(names) :] + names[: r % len(names)]
+        order = shuffle.sample(names, len(names))  # no candidate always runs first, or after the same one
         for name in order:
             if len(samples[name]) < repeat[name]:
                 samples[name].append(_sample(fns[name], number[name]))

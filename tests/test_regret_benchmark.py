@@ -109,3 +109,24 @@ def test_paired_ratio_compares_samples_of_the_same_round():
     assert paired_ratio(c, d) == 3.0
     # nothing in common: the ratio of the medians
     assert paired_ratio(timing([30], [-1]), timing([10], [-1])) == 3.0
+
+
+def test_time_many_samples_in_a_fresh_order_each_round():
+    """A sample's first call finds in cache what the candidate before it left there: the order of a
+    round is shuffled (seeded, the same in every run), so no candidate always follows the same one,
+    as an order only rotated would have it."""
+    load_regret()  # puts benchmarks/ on the path
+    from timing import time_many
+
+    ran: list[str] = []
+    names = "abcd"
+    time_many({n: (lambda n=n: ran.append(n)) for n in names}, warmup=0, min_sample_s=0.0, budget_s=0.0, min_repeat=12, max_repeat=12)
+    rounds = ran[len(names) :]  # after each candidate's calibration call (its first sample)
+    assert len(rounds) == 11 * len(names)
+    orders = ["".join(rounds[i : i + len(names)]) for i in range(0, len(rounds), len(names))]
+    assert all(sorted(o) == list(names) for o in orders)
+    followed = {(prev, nxt) for prev, nxt in zip(rounds[:-1], rounds[1:], strict=True) if prev != nxt}
+    assert {p for p, n in followed if n == "a"} == set("bcd")  # 'a' ran after every other candidate
+    ran.clear()
+    time_many({n: (lambda n=n: ran.append(n)) for n in names}, warmup=0, min_sample_s=0.0, budget_s=0.0, min_repeat=12, max_repeat=12)
+    assert ran[len(names) :] == rounds  # seeded: the same orders again
