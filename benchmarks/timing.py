@@ -13,6 +13,10 @@ Method, kept deliberately plain:
   what the candidate before it left there, and an order only rotated keeps
   every candidate behind the same one (a compiled 2x2 bmm behind a row that
   reads other tensors timed 1.2x the same code behind a row that reads its own).
+  Each sample is led in by one untimed call of its candidate, so every timed
+  call follows a call of itself, as in a caller's loop of that one op, whichever
+  candidate ran before (a 60 ms broadcast product flushes the caches that a
+  0.4 ms compiled kernel's inputs sat in).
 * Reported: median and inter-quartile range (IQR) of the per-call time of the
   samples, in microseconds.  Clock: ``time.perf_counter``.  The garbage
   collector is left on and ``torch.set_num_threads`` is left at its default.
@@ -121,6 +125,7 @@ def time_many(
         order = shuffle.sample(names, len(names))  # no candidate always runs first, or after the same one
         for name in order:
             if len(samples[name]) < repeat[name]:
+                fns[name]()  # the lead-in: the timed calls follow a call of their own candidate
                 samples[name].append(_sample(fns[name], number[name]))
                 by_round[name].append((r, samples[name][-1]))
     return {name: stats(samples[name], number[name], by_round[name]) for name in names}
