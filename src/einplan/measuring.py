@@ -248,9 +248,10 @@ class Trial:
     def paired(self, name: str, base: str) -> float:
         """How much slower ``name`` ran than ``base``: the median, over the rounds that timed both, of
         its call over base's in the same round (by their medians where no round timed both).  The calls
-        of one round are a few milliseconds apart, while this machine has stretches of 100-400 ms in
-        which one op runs 1.3-3x slower: a stretch that falls on one candidate's calls moves its median
-        and not the ratio (a 4x4 float64 bmm's trial kept a plan 1.23x slower by the medians)."""
+        of one round are a few milliseconds apart, while the VMs einplan has run on have stretches of
+        100-400 ms in which one op runs 1.3-3x slower: a stretch that falls on one candidate's calls
+        moves its median and not the ratio (a 4x4 float64 bmm's trial kept a plan 1.23x slower by the
+        medians)."""
         mine, theirs = self.by_round.get(name, {}), self.by_round.get(base, {})
         ratios = [mine[r] / theirs[r] for r in mine if r in theirs and theirs[r] > 0]
         if ratios:
