@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -280,6 +281,28 @@ def candidates(sig: Signature, tensors: list, result: Result) -> dict:
     return fns
 
 
+SETTLE_CALLS = 1000  # the most calls of the default plan spent letting its close call's trial finish
+
+
+def settle_trial(sig: Signature, tensors: list, default: Callable[[], object], before: set) -> int:
+    """Call the default plan until the trial of its close call (where it has one) has settled, and
+    return how many calls that took: ``bl`` times the candidates of a close call on a signature's
+    first calls (a few hundred for a call of tens of microseconds), and the regret is that of the
+    calls after.  Left to the timed samples, a slow stretch at calibration can make time_many take
+    so few calls that they time the trial itself (2048 dot products of 128, S02, sampled a mix of
+    both candidates and no choice)."""
+    from einplan import measuring
+    from einplan.runtime import plan_for
+
+    if not measuring.measuring_enabled() or not measuring.close_calls(plan_for(sig.pattern, *tensors, **dict(sig.sizes))):
+        return 0
+    calls = 0
+    while calls < SETTLE_CALLS and not set(measured_choices()) - before:
+        default()
+        calls += 1
+    return calls
+
+
 def measured_choices() -> dict:
     """einplan's record of close calls it measured (signature -> what it kept); empty where it has none."""
     try:
@@ -301,6 +324,7 @@ def measure(sig: Signature, settings: Settings) -> Result:
     except Exception as exc:  # the default plan itself failed: the row says so
         result.notes.append(f"default plan failed: {first_line(exc)}")
         return result
+    settle_trial(sig, tensors, fns[DEFAULT], before)
     result.timings = time_many(
         fns,
         warmup=settings.warmup,

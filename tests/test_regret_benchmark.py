@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "regret.py"
 CHEAP = ("S04", "S09", "S54")  # dot products of 16 and 256, a row max: microseconds a call
@@ -153,3 +155,32 @@ def test_time_many_times_each_sample_after_a_call_of_its_own_candidate():
 
     timings = time_many({n: candidate(n) for n in "ab"}, warmup=0, min_sample_s=0.0, budget_s=0.0, min_repeat=5, max_repeat=5)
     assert all(t.median_us < 3000 for t in timings.values()), timings  # 1 ms calls, never a 5 ms cold one
+
+
+@pytest.mark.usefixtures("shipped_cost_model")
+def test_the_default_plan_settles_its_close_call_before_it_is_timed(monkeypatch):
+    """bl times a close call's candidates on a signature's first calls: the regret times the calls
+    after, so the default plan is called until the trial has kept one, and a plan with nothing close
+    is not called at all."""
+    import einplan
+    from einplan import measuring
+
+    regret = load_regret()
+    monkeypatch.setenv("EINPLAN_MEASURE", "1")
+    measuring.set_measuring(True)
+    measuring.MEASURED.clear()
+    einplan.clear_cache()
+    try:
+        close = regret.Signature("S00", "dot", "b n, b n -> b", ((64, 4096), (64, 4096)))
+        far = regret.Signature("S00", "matmul", "b n, m n -> b m", ((1000, 500), (1000, 500)))
+        for sig, settles in ((close, True), (far, False)):
+            tensors = regret.make_tensors(sig)
+            calls = []
+            before = set(regret.measured_choices())
+            taken = regret.settle_trial(sig, tensors, lambda t=tensors, s=sig: calls.append(einplan.bl(s.pattern, *t)), before)
+            assert taken == len(calls)
+            assert (0 < taken < regret.SETTLE_CALLS) == settles
+            assert bool(set(regret.measured_choices()) - before) == settles
+    finally:
+        measuring.MEASURED.clear()
+        einplan.clear_cache()
