@@ -58,6 +58,15 @@ def _args(args, kwargs) -> str:
     return ", ".join(parts)
 
 
+# Python's binding of the arithmetic operators: a product inside a sum needs no parentheses
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2, "@": 2}
+
+
+def _binds_tighter(node, op: str) -> bool:
+    """Whether ``node``, an operand of ``op``, is an arithmetic operation that binds tighter than it."""
+    return isinstance(node, ir.BinOp) and _PRECEDENCE.get(node.op, 0) > _PRECEDENCE.get(op, 3)
+
+
 def _atom(node) -> str:
     """Render ``node`` so that ``.method`` or ``[...]`` can follow it."""
     text = expr(node)
@@ -79,8 +88,9 @@ def expr(node) -> str:
         return f"{_atom(node.obj)}[{', '.join(_index_item(i) for i in node.items)}]"
     if isinstance(node, ir.BinOp):
         chained = isinstance(node.left, ir.BinOp) and node.left.op == node.op and node.op in "*+"
-        left = expr(node.left) if chained else _atom(node.left)
-        return f"{left} {node.op} {_atom(node.right)}"
+        left = expr(node.left) if chained or _binds_tighter(node.left, node.op) else _atom(node.left)
+        right = expr(node.right) if _binds_tighter(node.right, node.op) else _atom(node.right)
+        return f"{left} {node.op} {right}"
     if isinstance(node, ir.IfExp):
         return f"{_atom(node.then)} if {_atom(node.condition)} else {_atom(node.otherwise)}"
     if isinstance(node, ir.BoolOp):
