@@ -117,11 +117,15 @@ def test_each_lowering_lists_what_it_allocates():
 
 
 COMPILED_CHOICES = [
-    # seed 002 under torch.compile: the broadcast multiply-sum becomes one loop over the
-    # batch that reads the inputs once and writes the result; torch.bmm stays a library call
-    ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], [ELEMENTWISE], [UNROLLED]),
-    ("b i j, b j k -> b i k", [(262144, 3, 3), (262144, 3, 3)], [ELEMENTWISE], [MATMUL]),
-    ("b i j, b j k -> b i k", [(262144, 4, 4), (262144, 4, 4)], [ELEMENTWISE], [MATMUL]),
+    # seed 002 under torch.compile: written out per element, one loop over the batch that reads
+    # each row once and keeps its products in registers; torch.bmm stays a library call
+    ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], [UNROLLED], [UNROLLED]),
+    ("b i j, b j k -> b i k", [(262144, 3, 3), (262144, 3, 3)], [UNROLLED], [MATMUL]),
+    ("b i j, b j k -> b i k", [(262144, 4, 4), (262144, 4, 4)], [UNROLLED], [MATMUL]),
+    ("b i j, b j -> b i", [(262144, 8, 8), (262144, 8)], [UNROLLED], [MATMUL]),
+    ("b i, b i -> b", [(262144, 4), (262144, 4)], [UNROLLED], [MATMUL]),
+    # past 64 products a row, the broadcast multiply-sum's fused loop
+    ("b i j, b j k -> b i k", [(131072, 5, 5), (131072, 5, 5)], [ELEMENTWISE], [MATMUL]),
     # long contractions stay GEMMs: fusing does not remove their arithmetic
     ("b n, m n -> b m", [(100, 500), (1000, 500)], [MATMUL], [MATMUL]),
     ("b1 b2 n, n n, b1 b2 n -> b1 b2", [(80, 20, 64), (64, 64), (80, 20, 64)], [MATMUL, ELEMENTWISE], [MATMUL, ELEMENTWISE]),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import ir
+from . import ir, written_out
 from .contraction import (
     Candidate,
     Context,
@@ -31,6 +31,7 @@ from .contraction import (
 from .cost import DeviceModel, Estimate
 from .errors import UnsupportedError
 from .matmul_layout import copies_made, matmul_layout
+from .written_out import VECTOR_MIN, aligned_term, index_tuples, term_name
 
 MATMUL = "matmul-broadcast"
 ELEMENTWISE = "elementwise-sum"
@@ -51,8 +52,8 @@ class Lowering:
     def emit(self, step: Contraction, context: Context) -> Lowered:
         raise NotImplementedError
 
-    def result_axes(self, step: Contraction) -> tuple[str, ...]:
-        """The order of the result's axes, known without emitting."""
+    def result_axes(self, step: Contraction, compiled: bool = False) -> tuple[str, ...]:
+        """The order of the result's axes, known without emitting (``compiled``: in code torch.compile traces)."""
         return tuple(step.kept)
 
 
@@ -93,7 +94,8 @@ class ElementwiseSum(Lowering):
             flops=2 * full if step.summed else full,
             bytes=traffic * itemsize,
             ops=2 if exists else 1,
-            elementwise=full if step.summed else 0,  # a product summed; one only written is its memory traffic
+            # a product summed; one only written is its memory traffic
+            elementwise=full if step.summed else 0,
             reductions=out if exists and step.numel(step.summed) < 64 else 0,
             memory=((full if into is None else 0) + out) * itemsize if exists else (0 if into is not None else out * itemsize),
             allocations=tuple(
@@ -139,7 +141,7 @@ class MatmulBroadcast(Lowering):
         # a merged group of the result is split again with -1 for a free axis: one per group at most
         return all(sum(x in step.free for x in group) <= 1 for group in (layout.m, layout.n))
 
-    def result_axes(self, step: Contraction) -> tuple[str, ...]:
+    def result_axes(self, step: Contraction, compiled: bool = False) -> tuple[str, ...]:
         return matmul_layout(step).out_axes
 
     def writes_out(self, step: Contraction) -> bool:
@@ -191,7 +193,6 @@ class MatmulBroadcast(Lowering):
 
 UNROLL_TERMS = 16  # most terms the cost model may unroll; forcing allows up to 64
 FORCED_UNROLL_TERMS = 64
-VECTOR_MIN = 32  # an axis this long is a vector axis: unrolled terms run along it
 CACHE_LINE = 64  # bytes
 
 
@@ -234,51 +235,14 @@ def _gather_factor(value: Value, inner: str, sizes, itemsize: int) -> float:
     return 1.0 + min(stride, CACHE_LINE // itemsize) / 2
 
 
-def _index_tuples(extents: list[int]) -> list[tuple[int, ...]]:
-    tuples: list[tuple[int, ...]] = [()]
-    for extent in extents:
-        tuples = [t + (k,) for t in tuples for k in range(extent)]
-    return tuples
-
-
-def _term_name(summed: list[str], index: tuple[int, ...]) -> str:
-    return ", ".join(f"{a}={k}" for a, k in zip(summed, index, strict=True))
-
-
-def _aligned_term(value: Value, kept: list[str], summed: list[str], index: tuple[int, ...]) -> ir.Expr:
-    """``value`` with its summed axes fixed at ``index`` and None where it lacks a
-    kept axis, so that terms broadcast to the kept layout.  Indexes the tensor
-    as it is when its kept axes are already in order, else permutes first."""
-    present = [a for a in value.axes if a in kept]
-    if present != [a for a in kept if a in value.axes]:
-        order = tuple(value.axes.index(a) for a in [a for a in kept if a in value.axes] + summed)
-        expr = ir.permute(ir.Var(value.var), order)
-        axes = [value.axes[k] for k in order]
-    else:
-        expr, axes = ir.Var(value.var), list(value.axes)
-    fixed = dict(zip(summed, index, strict=True))
-    items: list = []
-    position = next((k for k, a in enumerate(kept) if a in axes), len(kept))
-    for axis in axes:
-        if axis in fixed:
-            items.append(ir.Const(fixed[axis], frozenset(summed)))
-            continue
-        target = kept.index(axis)
-        items.extend([None] * (target - position))
-        items.append(ir.SLICE)
-        position = target + 1
-    items.extend([None] * (len(kept) - position))
-    while items and items[-1] is ir.SLICE:
-        items.pop()
-    return ir.Index(expr, tuple(items)) if items else expr
-
-
 class Unrolled(Lowering):
     """Written-out arithmetic: one fused multiply-add per index of the summed axes.
 
     ``out = a[..., 0] * b[..., 0]; out.addcmul_(a[..., 1], b[..., 1]); ...`` --
     each term is one vector op over the kept axes, with no temporary the size
-    of the full product.  Fuses into one kernel under torch.compile.
+    of the full product.  Under torch.compile, a step whose kept axes are long or
+    tiny is written out per element instead (:mod:`einplan.written_out`): one fused
+    loop along the long axes.
     """
 
     name = UNROLLED
@@ -286,11 +250,17 @@ class Unrolled(Lowering):
     def _layout(self, step: Contraction, context: Context) -> _UnrolledLayout | None:
         return _unrolled_layout(step, FORCED_UNROLL_TERMS if context.forced(UNROLLED) else UNROLL_TERMS)
 
-    def result_axes(self, step: Contraction) -> tuple[str, ...]:
+    def result_axes(self, step: Contraction, compiled: bool = False) -> tuple[str, ...]:
+        form = written_out.layout(step) if compiled else None
+        if form is not None:
+            return tuple(form.long + form.tiny)
         layout = _unrolled_layout(step, FORCED_UNROLL_TERMS)
         return tuple(layout.kept) if layout is not None else tuple(step.kept)
 
     def price(self, step: Contraction, context: Context) -> Estimate | None:
+        form = written_out.layout(step) if context.options.compiled else None
+        if form is not None:
+            return written_out.price(step, form)
         layout = self._layout(step, context)
         if layout is None:
             return None
@@ -321,6 +291,9 @@ class Unrolled(Lowering):
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
+        form = written_out.layout(step) if context.options.compiled else None
+        if form is not None:
+            return written_out.emit(step, form, context.names)
         layout = self._layout(step, context)
         assert layout is not None, "emit follows a successful price"
         names = context.names
@@ -342,12 +315,12 @@ class Unrolled(Lowering):
         a, b = operands
         kept, summed = layout.kept, layout.summed
         target = names.fresh()
-        indices = _index_tuples([step.sizes[x] for x in summed])
-        first = ir.BinOp("*", _aligned_term(a, kept, summed, indices[0]), _aligned_term(b, kept, summed, indices[0]))
-        setup.append(ir.Assign(target, first, f"unrolled: term {_term_name(summed, indices[0])}"))
+        indices = index_tuples([step.sizes[x] for x in summed])
+        first = ir.BinOp("*", aligned_term(a, kept, summed, indices[0]), aligned_term(b, kept, summed, indices[0]))
+        setup.append(ir.Assign(target, first, f"unrolled: term {term_name(summed, indices[0])}"))
         for index in indices[1:]:
-            term = ir.Method(ir.Var(target), "addcmul_", (_aligned_term(a, kept, summed, index), _aligned_term(b, kept, summed, index)))
-            setup.append(ir.Do(term, f"unrolled: term {_term_name(summed, index)}"))
+            term = ir.Method(ir.Var(target), "addcmul_", (aligned_term(a, kept, summed, index), aligned_term(b, kept, summed, index)))
+            setup.append(ir.Do(term, f"unrolled: term {term_name(summed, index)}"))
         return Lowered(ir.Var(target), tuple(kept), tuple(setup))
 
 

@@ -1,0 +1,144 @@
+"""Written-out arithmetic: a contraction spelled as products of its operands at fixed indices.
+
+Two forms share these terms.  Eager, the unrolled lowering (``lowerings.Unrolled``)
+fixes the summed axes at each index and issues one vector op per index over the
+kept axes.  Traced by torch.compile, a step whose kept axes are either long (a
+batch) or tiny is written out further (:func:`emit`): every element of the tiny
+axes is its own sum of products, and the elements are stacked last.  The compiler
+then runs one loop over the long axes that loads each row of both operands once
+and keeps all its products in registers, where a broadcast multiply-sum becomes a
+loop nest whose innermost loop runs along a summed axis too short to vectorise.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from . import ir
+from .contraction import Contraction, Lowered, Names, Value
+from .cost import Estimate
+
+VECTOR_MIN = 32  # an axis this long is a vector axis: vector ops run along it
+WRITTEN_OUT_PRODUCTS = 64  # most products one row of the compiled form spells out (a 4x4 matmul's)
+# the compiled form is for sums shorter than this: a sum as long as a vector register of float32
+# (16 lanes of AVX-512) runs vectorised in the broadcast multiply-sum's fused loop
+SHORT_SUM = 16
+# elementwise work per product of the compiled form, against one of the broadcast multiply-sum:
+# its products stay in registers, where the other's short innermost loop leaves lanes idle
+PRODUCT_COST = 0.5
+
+
+def index_tuples(extents: list[int]) -> list[tuple[int, ...]]:
+    """Every index of axes of these sizes, the last axis fastest."""
+    tuples: list[tuple[int, ...]] = [()]
+    for extent in extents:
+        tuples = [t + (k,) for t in tuples for k in range(extent)]
+    return tuples
+
+
+def term_name(axes: list[str], index: tuple[int, ...]) -> str:
+    return ", ".join(f"{a}={k}" for a, k in zip(axes, index, strict=True))
+
+
+def aligned_term(value: Value, kept: list[str], fixed_axes: list[str], index: tuple[int, ...]) -> ir.Expr:
+    """``value`` with ``fixed_axes`` (all of them its own) fixed at ``index`` and None where it
+    lacks a kept axis, so that terms broadcast to the kept layout.  Indexes the tensor as it
+    is when its kept axes are already in order, else permutes first."""
+    present = [a for a in value.axes if a in kept]
+    if present != [a for a in kept if a in value.axes]:
+        order = tuple(value.axes.index(a) for a in [a for a in kept if a in value.axes] + fixed_axes)
+        expr = ir.permute(ir.Var(value.var), order)
+        axes = [value.axes[k] for k in order]
+    else:
+        expr, axes = ir.Var(value.var), list(value.axes)
+    fixed = dict(zip(fixed_axes, index, strict=True))
+    items: list = []
+    position = next((k for k, a in enumerate(kept) if a in axes), len(kept))
+    for axis in axes:
+        if axis in fixed:
+            items.append(ir.Const(fixed[axis], frozenset(fixed_axes)))
+            continue
+        target = kept.index(axis)
+        items.extend([None] * (target - position))
+        items.append(ir.SLICE)
+        position = target + 1
+    items.extend([None] * (len(kept) - position))
+    while items and items[-1] is ir.SLICE:
+        items.pop()
+    return ir.Index(expr, tuple(items)) if items else expr
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The compiled form's axes: the loop runs along ``long``; ``tiny`` and ``summed`` are spelled out."""
+
+    long: list[str]
+    tiny: list[str]
+    summed: list[str]
+
+
+def layout(step: Contraction) -> Layout | None:
+    """The compiled written-out form of ``step``, or None where it does not apply: no long kept
+    axis, a sum of a vector's length, too many products a row, a summed axis in one operand only,
+    a size read at run time."""
+    summed = step.summed
+    if step.dtype == torch.bool or not summed or any(x not in step.a.axes or x not in step.b.axes for x in summed):
+        return None
+    long = [x for x in step.kept if step.sizes[x] >= VECTOR_MIN]
+    tiny = [x for x in step.kept if step.sizes[x] < VECTOR_MIN]
+    products = step.numel(tiny) * step.numel(summed)
+    if not long or step.numel(summed) >= SHORT_SUM or products == 0 or products > WRITTEN_OUT_PRODUCTS:
+        return None
+    if step.free.intersection(tiny + summed):
+        return None
+    return Layout(long, tiny, summed)
+
+
+def price(step: Contraction, form: Layout) -> Estimate:
+    """One fused loop: each operand read once, the result written once, no temporary."""
+    rows, elements = step.numel(form.long), step.numel(form.tiny)
+    products = elements * step.numel(form.summed)
+    itemsize = step.dtype.itemsize
+    inputs = step.numel(step.a.axes) + step.numel(step.b.axes)
+    out = rows * elements
+    return Estimate(
+        flops=2 * rows * products,
+        bytes=(inputs + out) * itemsize,
+        ops=1,
+        elementwise=rows * products * PRODUCT_COST,
+        memory=out * itemsize,
+        allocations=(out * itemsize,),
+    )
+
+
+def _product(step: Contraction, form: Layout, fixed: dict) -> ir.Expr:
+    terms = []
+    for value in (step.a, step.b):
+        axes = [x for x in fixed if x in value.axes]
+        terms.append(aligned_term(value, form.long, axes, tuple(fixed[x] for x in axes)))
+    return ir.BinOp("*", terms[0], terms[1])
+
+
+def emit(step: Contraction, form: Layout, names: Names) -> Lowered:
+    """One statement per element of the tiny axes (its sum of products over the summed
+    indices), then the elements stacked last and split into the tiny axes."""
+    setup: list = []
+    elements: list = []
+    for element in index_tuples([step.sizes[x] for x in form.tiny]):
+        fixed = dict(zip(form.tiny, element, strict=True))
+        products = [
+            _product(step, form, fixed | dict(zip(form.summed, index, strict=True)))
+            for index in index_tuples([step.sizes[x] for x in form.summed])
+        ]
+        total = functools.reduce(lambda left, right: ir.BinOp("+", left, right), products)
+        if not form.tiny:
+            return Lowered(total, tuple(form.long))
+        var = names.fresh("e")
+        setup.append(ir.Assign(var, total, f"written out: {term_name(form.tiny, element)}"))
+        elements.append(ir.Var(var))
+    stacked = ir.Call("torch.stack", (ir.Tuple(tuple(elements)), ir.Const(-1)))
+    shape = ir.Const(tuple(step.sizes[x] for x in form.tiny), frozenset(form.tiny))
+    return Lowered(ir.Method(stacked, "unflatten", (ir.Const(-1), shape)), tuple(form.long + form.tiny), tuple(setup))
