@@ -22,9 +22,11 @@ cases.py checks and times one case, report.py prints and writes the results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,6 +98,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows of W4")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) first (default: leave torch's default)")
+    parser.add_argument(
+        "--no-bf16-screen",
+        action="store_true",
+        help="plan as on a CPU without a fast bfloat16 GEMM: this CPU's constants with no bfloat16 rate, in a temporary cache",
+    )
     parser.add_argument("--out-dir", default=HERE, help="where results*.json and results*.png go")
     args = parser.parse_args(argv)
     only = [w.strip().upper() for item in args.only for w in item.split(",") if w.strip()]
@@ -106,12 +113,24 @@ def parse_args(argv=None):
     return args
 
 
+def plan_without_bf16_screen() -> None:
+    """Store this CPU's constants (calibrated now, or tuned) with no bfloat16 rate as the tuned
+    constants of a temporary cache that this process and its subprocesses read: every plan is
+    then the one einplan makes on a CPU whose bfloat16 GEMM is not fast (W5's float32 tiles)."""
+    model = einplan.calibration.model_for("cpu")
+    os.environ["EINPLAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="einplan-no-bf16-")
+    einplan.cost.save_model(dataclasses.replace(model, screen_rate=0.0))
+    print(f"planning with no bfloat16 screen: {model.origin}, screen_rate 0, cached in {os.environ['EINPLAN_CACHE_DIR']}")
+
+
 def configure(args) -> Config:
     cfg = QUICK if args.quick else FULL
     if args.no_compile:
         cfg = Config(**{**cfg.__dict__, "compile": False})
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_bf16_screen:
+        plan_without_bf16_screen()
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
     return cfg
