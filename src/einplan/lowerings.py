@@ -52,8 +52,8 @@ class Lowering:
     def emit(self, step: Contraction, context: Context) -> Lowered:
         raise NotImplementedError
 
-    def result_axes(self, step: Contraction, compiled: bool = False) -> tuple[str, ...]:
-        """The order of the result's axes, known without emitting (``compiled``: in code torch.compile traces)."""
+    def result_axes(self, step: Contraction, context: Context | None = None) -> tuple[str, ...]:
+        """The order of the result's axes, known without emitting (``context``: as planned there)."""
         return tuple(step.kept)
 
 
@@ -141,7 +141,7 @@ class MatmulBroadcast(Lowering):
         # a merged group of the result is split again with -1 for a free axis: one per group at most
         return all(sum(x in step.free for x in group) <= 1 for group in (layout.m, layout.n))
 
-    def result_axes(self, step: Contraction, compiled: bool = False) -> tuple[str, ...]:
+    def result_axes(self, step: Contraction, context: Context | None = None) -> tuple[str, ...]:
         return matmul_layout(step).out_axes
 
     def writes_out(self, step: Contraction) -> bool:
@@ -240,8 +240,8 @@ class Unrolled(Lowering):
 
     ``out = a[..., 0] * b[..., 0]; out.addcmul_(a[..., 1], b[..., 1]); ...`` --
     each term is one vector op over the kept axes, with no temporary the size
-    of the full product.  Under torch.compile, a step whose kept axes are long or
-    tiny is written out per element instead (:mod:`einplan.written_out`): one fused
+    of the full product.  Under torch.compile on a CPU, a step whose kept axes are
+    long or tiny is written out per element instead (:mod:`einplan.written_out`): one fused
     loop along the long axes.
     """
 
@@ -250,15 +250,22 @@ class Unrolled(Lowering):
     def _layout(self, step: Contraction, context: Context) -> _UnrolledLayout | None:
         return _unrolled_layout(step, FORCED_UNROLL_TERMS if context.forced(UNROLLED) else UNROLL_TERMS)
 
-    def result_axes(self, step: Contraction, compiled: bool = False) -> tuple[str, ...]:
-        form = written_out.layout(step) if compiled else None
+    @staticmethod
+    def _compiled_form(step: Contraction, context: Context | None) -> written_out.Layout | None:
+        """The written-out form, for code torch.compile traces on a CPU (where it was measured)."""
+        if context is None or not context.options.compiled or context.model.kind != "cpu":
+            return None
+        return written_out.layout(step)
+
+    def result_axes(self, step: Contraction, context: Context | None = None) -> tuple[str, ...]:
+        form = self._compiled_form(step, context)
         if form is not None:
             return tuple(form.long + form.tiny)
         layout = _unrolled_layout(step, FORCED_UNROLL_TERMS)
         return tuple(layout.kept) if layout is not None else tuple(step.kept)
 
     def price(self, step: Contraction, context: Context) -> Estimate | None:
-        form = written_out.layout(step) if context.options.compiled else None
+        form = self._compiled_form(step, context)
         if form is not None:
             return written_out.price(step, form)
         layout = self._layout(step, context)
@@ -291,7 +298,7 @@ class Unrolled(Lowering):
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
-        form = written_out.layout(step) if context.options.compiled else None
+        form = self._compiled_form(step, context)
         if form is not None:
             return written_out.emit(step, form, context.names)
         layout = self._layout(step, context)

@@ -60,7 +60,7 @@ def _steps(tail: Tail, sizes, context: Context, free=frozenset(), emit: bool = F
         step = Contraction(taken[0], taken[1], needed, sizes, tail.rank, tail.dtype, free)
         winner, estimate, _ = choose(step, context)
         estimates.append(estimate)
-        axes = REGISTRY[winner].result_axes(step, context.options.compiled)
+        axes = REGISTRY[winner].result_axes(step, context)
         results.append((axes, math.prod(sizes[x] for x in axes) * tail.dtype.itemsize))
         if emit:
             more, value, _ = emit_value(winner, step, context, " for this chunk")

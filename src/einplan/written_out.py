@@ -2,7 +2,7 @@
 
 Two forms share these terms.  Eager, the unrolled lowering (``lowerings.Unrolled``)
 fixes the summed axes at each index and issues one vector op per index over the
-kept axes.  Traced by torch.compile, a step whose kept axes are either long (a
+kept axes.  Traced by torch.compile for a CPU, a step whose kept axes are either long (a
 batch) or tiny is written out further (:func:`emit`): every element of the tiny
 axes is its own sum of products, and the elements are stacked last.  The compiler
 then runs one loop over the long axes that loads each row of both operands once
