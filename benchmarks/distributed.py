@@ -104,6 +104,7 @@ def rank_main(rank: int, world: int, port: int, out: str, sizes: tuple, runs: in
     }
     report["value"] = float(result.to_local())
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
+    dist.barrier()  # neither rank tears gloo down while the other still has a collective in flight
     dist.destroy_process_group()
 
 
