@@ -64,6 +64,20 @@ def test_the_compiled_form_matches_einsum_and_its_gradients(pattern, shapes):
     assert torch.autograd.gradcheck(lambda *xs: kernel(*xs), leaves)
 
 
+@pytest.mark.parametrize("layout", ["transposed", "strided", "expanded"])
+def test_the_compiled_form_reads_operands_of_any_strides(layout):
+    a, b = random_tensors([(40, 3, 3), (40, 3, 3)], torch.float64, seed=7)
+    if layout == "transposed":
+        a = a.transpose(0, 2).contiguous().transpose(0, 2)
+    elif layout == "strided":
+        b = torch.stack([b, -b], dim=-1)[..., 0]
+    else:
+        b = b[:1].expand(40, 3, 3)  # one matrix for every row, stride 0 along the batch
+    kernel = _kernel("b i j, b j k -> b i k", (a, b))
+    assert "torch.stack" in kernel.source
+    assert_matches(kernel(a, b), torch.einsum("bij,bjk->bik", a, b), layout)
+
+
 def test_each_element_is_one_line_and_the_result_is_stacked_last():
     a, b = torch.zeros(64, 2, 3), torch.zeros(64, 3, 2)
     source = _kernel("b i j, b j k -> b i k", (a, b)).source
