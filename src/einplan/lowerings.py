@@ -94,8 +94,7 @@ class ElementwiseSum(Lowering):
             flops=2 * full if step.summed else full,
             bytes=traffic * itemsize,
             ops=2 if exists else 1,
-            # a product summed; one only written is its memory traffic
-            elementwise=full if step.summed else 0,
+            elementwise=full if step.summed else 0,  # a product summed; one only written is its memory traffic
             reductions=out if exists and step.numel(step.summed) < 64 else 0,
             memory=((full if into is None else 0) + out) * itemsize if exists else (0 if into is not None else out * itemsize),
             allocations=tuple(

@@ -122,22 +122,23 @@ def _product(step: Contraction, form: Layout, fixed: dict) -> ir.Expr:
     return ir.BinOp("*", terms[0], terms[1])
 
 
+def _element(step: Contraction, form: Layout, element: tuple[int, ...]) -> ir.Expr:
+    """One element of the tiny axes: its products over every index of the summed axes, added."""
+    fixed = dict(zip(form.tiny, element, strict=True))
+    indices = index_tuples([step.sizes[x] for x in form.summed])
+    products = [_product(step, form, fixed | dict(zip(form.summed, index, strict=True))) for index in indices]
+    return functools.reduce(lambda left, right: ir.BinOp("+", left, right), products)
+
+
 def emit(step: Contraction, form: Layout, names: Names) -> Lowered:
-    """One statement per element of the tiny axes (its sum of products over the summed
-    indices), then the elements stacked last and split into the tiny axes."""
-    setup: list = []
-    elements: list = []
+    """One statement per element of the tiny axes, then the elements stacked last and split into
+    the tiny axes (with no tiny axis, the one sum itself)."""
+    if not form.tiny:
+        return Lowered(_element(step, form, ()), tuple(form.long))
+    setup, elements = [], []
     for element in index_tuples([step.sizes[x] for x in form.tiny]):
-        fixed = dict(zip(form.tiny, element, strict=True))
-        products = [
-            _product(step, form, fixed | dict(zip(form.summed, index, strict=True)))
-            for index in index_tuples([step.sizes[x] for x in form.summed])
-        ]
-        total = functools.reduce(lambda left, right: ir.BinOp("+", left, right), products)
-        if not form.tiny:
-            return Lowered(total, tuple(form.long))
         var = names.fresh("e")
-        setup.append(ir.Assign(var, total, f"written out: {term_name(form.tiny, element)}"))
+        setup.append(ir.Assign(var, _element(step, form, element), f"written out: {term_name(form.tiny, element)}"))
         elements.append(ir.Var(var))
     stacked = ir.Call("torch.stack", (ir.Tuple(tuple(elements)), ir.Const(-1)))
     shape = ir.Const(tuple(step.sizes[x] for x in form.tiny), frozenset(form.tiny))
