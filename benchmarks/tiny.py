@@ -125,6 +125,17 @@ def compiled_rows(cfg: Config, pattern: str, a, b, nbytes: int, copy_bw: float |
     return rows
 
 
+def _fastest_lowering(t, bmm: float | None) -> str:
+    """torch.bmm over the fastest lowering einplan has, forced: what any plan of einplan's reaches
+    (1.00x where that lowering is torch.bmm's own kernel)."""
+    times = {name: t(f"einplan.bl lowering={name}") for name in LOWERINGS}
+    timed = {name: time for name, time in times.items() if time is not None}
+    if not timed:
+        return ""
+    name = min(timed, key=timed.__getitem__)
+    return ceiling(div(bmm, timed[name]), f"einplan's fastest lowering, forced ({name})")
+
+
 def w4_targets(D: int, compiled: bool, nbytes: int, copy_bw: float | None):
     """Issue 3's targets (3x torch.bmm eager, 1.5x the bandwidth bound compiled) and issue 19's (never
     slower than torch.bmm eager and 1.5x faster at 2x2; compiled within 1.3x the bound and no slower
@@ -134,12 +145,13 @@ def w4_targets(D: int, compiled: bool, nbytes: int, copy_bw: float | None):
         bmm = t("torch.bmm(a, b)")
         speedup = div(bmm, t("einplan.bl"))
         bound_ceiling = ceiling(div(bmm, t(LAID_OUT_ROW)), "the arithmetic alone on laid-out inputs")
+        eager_ceiling = "; ".join(c for c in (bound_ceiling, _fastest_lowering(t, bmm)) if c)
         out = [
             at_least("einplan eager >= 3x faster than torch.bmm", speedup, 3, bound_ceiling),
-            at_least("einplan eager no slower than torch.bmm", speedup, 1.0, bound_ceiling),
+            at_least("einplan eager no slower than torch.bmm", speedup, 1.0, eager_ceiling),
         ]
         if D == 2:
-            out.append(at_least("einplan eager >= 1.5x faster than torch.bmm", speedup, 1.5, bound_ceiling))
+            out.append(at_least("einplan eager >= 1.5x faster than torch.bmm", speedup, 1.5, eager_ceiling))
         if compiled:
             bound = nbytes / copy_bw * 1e6 if copy_bw else None
             mine = t("torch.compile(einplan.bl)")
