@@ -114,32 +114,43 @@ def price(step: Contraction, form: Layout) -> Estimate:
     )
 
 
-def _product(step: Contraction, form: Layout, fixed: dict) -> ir.Expr:
-    terms = []
-    for value in (step.a, step.b):
-        axes = [x for x in fixed if x in value.axes]
-        terms.append(aligned_term(value, form.long, axes, tuple(fixed[x] for x in axes)))
-    return ir.BinOp("*", terms[0], terms[1])
+def _in_order(value: Value, form: Layout, names: Names, setup: list) -> Value:
+    """``value``, or a view of it with its long axes in the result's order (assigned once, so
+    that no term permutes)."""
+    want = [a for a in form.long if a in value.axes]
+    if [a for a in value.axes if a in form.long] == want:
+        return value
+    order = tuple([value.axes.index(a) for a in want] + [k for k, a in enumerate(value.axes) if a not in form.long])
+    var, axes = names.fresh("v"), tuple(value.axes[k] for k in order)
+    setup.append(ir.Assign(var, ir.permute(ir.Var(value.var), order), f"written out: {' '.join(axes)}, a view"))
+    return Value(var, axes)
 
 
-def _element(step: Contraction, form: Layout, element: tuple[int, ...]) -> ir.Expr:
+def _element(step: Contraction, form: Layout, operands: tuple, element: tuple[int, ...]) -> ir.Expr:
     """One element of the tiny axes: its products over every index of the summed axes, added."""
-    fixed = dict(zip(form.tiny, element, strict=True))
-    indices = index_tuples([step.sizes[x] for x in form.summed])
-    products = [_product(step, form, fixed | dict(zip(form.summed, index, strict=True))) for index in indices]
+    products = []
+    for index in index_tuples([step.sizes[x] for x in form.summed]):
+        fixed = dict(zip(form.tiny, element, strict=True)) | dict(zip(form.summed, index, strict=True))
+        factors = [
+            aligned_term(v, form.long, [x for x in fixed if x in v.axes], tuple(fixed[x] for x in fixed if x in v.axes)) for v in operands
+        ]
+        products.append(ir.BinOp("*", factors[0], factors[1]))
     return functools.reduce(lambda left, right: ir.BinOp("+", left, right), products)
 
 
 def emit(step: Contraction, form: Layout, names: Names) -> Lowered:
-    """One statement per element of the tiny axes, then the elements stacked last and split into
-    the tiny axes (with no tiny axis, the one sum itself)."""
+    """One statement per element of the tiny axes, then the elements stacked last and, with more
+    than one tiny axis, split into them (with none, the one sum itself)."""
+    setup: list = []
+    operands = tuple(_in_order(value, form, names, setup) for value in (step.a, step.b))
     if not form.tiny:
-        return Lowered(_element(step, form, ()), tuple(form.long))
-    setup, elements = [], []
+        return Lowered(_element(step, form, operands, ()), tuple(form.long), tuple(setup))
+    elements = []
     for element in index_tuples([step.sizes[x] for x in form.tiny]):
         var = names.fresh("e")
-        setup.append(ir.Assign(var, _element(step, form, element), f"written out: {term_name(form.tiny, element)}"))
+        setup.append(ir.Assign(var, _element(step, form, operands, element), f"written out: {term_name(form.tiny, element)}"))
         elements.append(ir.Var(var))
-    stacked = ir.Call("torch.stack", (ir.Tuple(tuple(elements)), ir.Const(-1)))
-    shape = ir.Const(tuple(step.sizes[x] for x in form.tiny), frozenset(form.tiny))
-    return Lowered(ir.Method(stacked, "unflatten", (ir.Const(-1), shape)), tuple(form.long + form.tiny), tuple(setup))
+    result: ir.Expr = ir.Call("torch.stack", (ir.Tuple(tuple(elements)), ir.Const(-1)))
+    if len(form.tiny) > 1:
+        result = ir.Method(result, "unflatten", (ir.Const(-1), ir.Const(tuple(step.sizes[x] for x in form.tiny), frozenset(form.tiny))))
+    return Lowered(result, tuple(form.long + form.tiny), tuple(setup))
