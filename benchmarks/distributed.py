@@ -106,6 +106,16 @@ def rank_main(rank: int, world: int, port: int, out: str, sizes: tuple, runs: in
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()  # neither rank tears gloo down while the other still has a collective in flight
     dist.destroy_process_group()
+    exit_now()
+
+
+def exit_now() -> None:
+    """End this rank without the interpreter's shutdown, its report on disk: gloo's threads can
+    still hold tensors of finished work, and freeing them while Python shuts down aborts the
+    process ('terminate called without an active exception', SIGABRT; pytorch/pytorch#179291)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def single_main(index: int, out: str, sizes: tuple, runs: int, threads: int) -> None:

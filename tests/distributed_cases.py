@@ -121,6 +121,12 @@ def rank_main(rank: int, world: int, port: int, out: str) -> None:
         dist.barrier()  # every case starts together: a failing rank does not leave the other waiting in a collective
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
+    # end without the interpreter's shutdown, the report on disk: gloo's threads can still hold
+    # tensors of finished work, and freeing them while Python shuts down aborts the process
+    # ('terminate called without an active exception'; pytorch/pytorch#179291)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover - run by hand: python tests/distributed_cases.py
