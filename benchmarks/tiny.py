@@ -128,12 +128,9 @@ def compiled_rows(cfg: Config, pattern: str, a, b, nbytes: int, copy_bw: float |
 def _fastest_lowering(t, bmm: float | None) -> str:
     """torch.bmm over the fastest lowering einplan has, forced: what any plan of einplan's reaches
     (1.00x where that lowering is torch.bmm's own kernel)."""
-    times = {name: t(f"einplan.bl lowering={name}") for name in LOWERINGS}
-    timed = {name: time for name, time in times.items() if time is not None}
-    if not timed:
-        return ""
-    name = min(timed, key=timed.__getitem__)
-    return ceiling(div(bmm, timed[name]), f"einplan's fastest lowering, forced ({name})")
+    timed = [(t(f"einplan.bl lowering={name}"), name) for name in LOWERINGS]
+    fastest, name = min(((time, name) for time, name in timed if time is not None), default=(None, ""))
+    return ceiling(div(bmm, fastest), f"einplan's fastest lowering, forced ({name})")
 
 
 def w4_targets(D: int, compiled: bool, nbytes: int, copy_bw: float | None):

@@ -309,6 +309,20 @@ def lowering_id(lowering: str | None) -> str:
     return "default" if lowering is None else lowering
 
 
+def load_benchmark(monkeypatch, script, name: str):
+    """A script of benchmarks/ as a module named ``name``, imported as it runs (it puts its own
+    folder on sys.path for its helpers); sys.modules and sys.path are restored after the test."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def shipped_cost_model(monkeypatch, tmp_path):
     """Plan with the shipped cost constants, never a tuned cache file of this machine."""

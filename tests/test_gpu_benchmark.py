@@ -3,7 +3,6 @@ interpreter; every row of the GPU table runs and the table prints, without a GPU
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
@@ -76,13 +77,8 @@ def test_smoke_run_prints_every_row_and_target(tmp_path):
 
 
 def _gpu_module(monkeypatch):
-    """benchmarks/gpu.py as a module (it puts its own folder on sys.path for its helpers)."""
-    spec = importlib.util.spec_from_file_location("einplan_gpu_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/gpu.py as a module."""
+    return load_benchmark(monkeypatch, SCRIPT, "einplan_gpu_benchmark")
 
 
 def test_refuses_in_one_line_without_the_interpreter_or_a_gpu(monkeypatch, capsys):

@@ -89,10 +89,8 @@ def layout(step: Contraction) -> Layout | None:
         return None
     long = [x for x in step.kept if step.sizes[x] >= VECTOR_MIN]
     tiny = [x for x in step.kept if step.sizes[x] < VECTOR_MIN]
-    products = step.numel(tiny) * step.numel(summed)
-    if not long or step.numel(summed) >= SHORT_SUM or products == 0 or products > WRITTEN_OUT_PRODUCTS:
-        return None
-    if step.free.intersection(tiny + summed):
+    terms = step.numel(summed)
+    if not long or terms >= SHORT_SUM or not 0 < step.numel(tiny) * terms <= WRITTEN_OUT_PRODUCTS or step.free.intersection(tiny + summed):
         return None
     return Layout(long, tiny, summed)
 
@@ -131,10 +129,11 @@ def _element(step: Contraction, form: Layout, operands: tuple, element: tuple[in
     products = []
     for index in index_tuples([step.sizes[x] for x in form.summed]):
         fixed = dict(zip(form.tiny, element, strict=True)) | dict(zip(form.summed, index, strict=True))
-        factors = [
-            aligned_term(v, form.long, [x for x in fixed if x in v.axes], tuple(fixed[x] for x in fixed if x in v.axes)) for v in operands
-        ]
-        products.append(ir.BinOp("*", factors[0], factors[1]))
+        factors = []
+        for value in operands:
+            axes = [x for x in fixed if x in value.axes]
+            factors.append(aligned_term(value, form.long, axes, tuple(fixed[x] for x in axes)))
+        products.append(ir.BinOp("*", *factors))
     return functools.reduce(lambda left, right: ir.BinOp("+", left, right), products)
 
 
