@@ -36,6 +36,16 @@ def buffers() -> dict:
     return vars(source.KEPT_BUFFERS)
 
 
+# a CPU whose last-level cache holds these steps: their copies are laid out whole, not in blocks
+HOLDS_THEM = {"llc_bytes": 32 * 2**20, "llc_speedup": 2.0}
+
+
+@pytest.fixture
+def whole_steps(shipped_cost_model, monkeypatch):
+    """The shipped constants on a CPU with a 32 MiB last-level cache."""
+    monkeypatch.setitem(cost._loaded, "cpu", replace(cost.CPU, **HOLDS_THEM))
+
+
 @pytest.fixture(autouse=True)
 def fresh_pool():
     einplan.clear_cache()
@@ -43,7 +53,7 @@ def fresh_pool():
     einplan.clear_cache()
 
 
-def test_copies_of_a_few_mb_are_kept_and_small_or_huge_ones_are_not(shipped_cost_model):
+def test_copies_of_a_few_mb_are_kept_and_small_or_huge_ones_are_not(whole_steps):
     assert len(kept_lines(einplan.code(TINY, (BIG, 2, 2), (BIG, 2, 2), lowering="unrolled"))) == 2
     assert kept_lines(einplan.code(TINY, (BIG - 1, 2, 2), (BIG - 1, 2, 2), lowering="unrolled")) == []
     huge = KEEP_MAX // 16 + 1
@@ -51,12 +61,12 @@ def test_copies_of_a_few_mb_are_kept_and_small_or_huge_ones_are_not(shipped_cost
 
 
 def test_a_device_whose_fresh_memory_costs_nothing_keeps_no_buffer(monkeypatch, shipped_cost_model):
-    monkeypatch.setitem(cost._loaded, "cpu", replace(cost.CPU, fresh_page=0.0))
+    monkeypatch.setitem(cost._loaded, "cpu", replace(cost.CPU, fresh_page=0.0, **HOLDS_THEM))
     source_text = einplan.code(TINY, (BIG, 2, 2), (BIG, 2, 2), lowering="unrolled")
     assert kept_lines(source_text) == [] and ".contiguous()" in source_text
 
 
-def test_repeated_calls_reuse_one_buffer_and_stay_exact(shipped_cost_model):
+def test_repeated_calls_reuse_one_buffer_and_stay_exact(whole_steps):
     first = pair(BIG, 1, torch.float64)
     got = einplan.bl(TINY, *first, lowering="unrolled")
     torch.testing.assert_close(got, torch.bmm(*first), rtol=1e-12, atol=1e-12)
@@ -69,14 +79,14 @@ def test_repeated_calls_reuse_one_buffer_and_stay_exact(shipped_cost_model):
     assert {key: flat.data_ptr() for key, flat in buffers().items()} == pointers
 
 
-def test_a_smaller_call_uses_part_of_a_larger_buffer_and_a_larger_one_grows_it(shipped_cost_model):
+def test_a_smaller_call_uses_part_of_a_larger_buffer_and_a_larger_one_grows_it(whole_steps):
     for batch in (2 * BIG, BIG, 3 * BIG, BIG):
         a, b = pair(batch, batch)
         torch.testing.assert_close(einplan.bl(TINY, a, b, lowering="unrolled"), torch.bmm(a, b), rtol=1e-5, atol=1e-5)
     assert {flat.numel() for flat in buffers().values()} == {3 * BIG * 4}
 
 
-def test_autograd_gets_fresh_copies_so_two_recorded_calls_both_differentiate(shipped_cost_model):
+def test_autograd_gets_fresh_copies_so_two_recorded_calls_both_differentiate(whole_steps):
     a1, b = pair(BIG, 3, torch.float64)
     a2, _ = pair(BIG, 4, torch.float64)
     b.requires_grad_(True)
@@ -88,7 +98,7 @@ def test_autograd_gets_fresh_copies_so_two_recorded_calls_both_differentiate(shi
     assert buffers() == {}
 
 
-def test_inference_mode_then_normal_mode(shipped_cost_model):
+def test_inference_mode_then_normal_mode(whole_steps):
     a, b = pair(BIG, 5)
     with torch.inference_mode():
         inside = einplan.bl(TINY, a, b, lowering="unrolled")
@@ -97,7 +107,7 @@ def test_inference_mode_then_normal_mode(shipped_cost_model):
     torch.testing.assert_close(outside, torch.bmm(a, b), rtol=1e-5, atol=1e-5)
 
 
-def test_each_thread_has_its_own_buffers(shipped_cost_model):
+def test_each_thread_has_its_own_buffers(whole_steps):
     errors: list[float] = []
     start = threading.Barrier(2)
 
@@ -116,14 +126,14 @@ def test_each_thread_has_its_own_buffers(shipped_cost_model):
     assert buffers() == {}  # this thread called nothing
 
 
-def test_clear_cache_drops_this_threads_buffers(shipped_cost_model):
+def test_clear_cache_drops_this_threads_buffers(whole_steps):
     einplan.bl(TINY, *pair(BIG), lowering="unrolled")
     assert buffers()
     einplan.clear_cache()
     assert buffers() == {}
 
 
-def test_a_saved_kernel_keeps_its_buffers_standalone(tmp_path, shipped_cost_model):
+def test_a_saved_kernel_keeps_its_buffers_standalone(tmp_path, whole_steps):
     a, b = pair(BIG, 6)
     saved = einplan.kernel(TINY, a, b, lowering="unrolled").save(tmp_path / "tiny_kernel.py")
     text = saved.read_text()
@@ -137,7 +147,7 @@ def test_a_saved_kernel_keeps_its_buffers_standalone(tmp_path, shipped_cost_mode
     assert len(vars(module.einplan_buffers)) == 2 and buffers() == {}
 
 
-def test_torch_compile_traces_fresh_copies(shipped_cost_model):
+def test_torch_compile_traces_fresh_copies(whole_steps):
     a, b = pair(BIG, 8)
     compiled = torch.compile(lambda x, y: einplan.bl(TINY, x, y, lowering="unrolled"), backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(a, b), torch.bmm(a, b), rtol=1e-5, atol=1e-5)

@@ -79,7 +79,7 @@ class DeviceModel:
             + estimate.loop_outputs * self.loop_output,
             "short reductions": estimate.reductions * self.reduce_overhead,
             "elementwise work": estimate.elementwise / self.elementwise_rate,
-            "memory traffic": estimate.bytes / bandwidth,
+            "memory traffic": estimate.bytes / bandwidth + estimate.cached_bytes / (self.bandwidth * self.cache_speedup),
             "fresh memory": sum(a for a in estimate.allocations if a >= self.fresh_bytes) / PAGE * self.fresh_page,
         }
 
@@ -93,6 +93,7 @@ class Estimate:
 
     flops: float = 0.0  # arithmetic, for display
     bytes: float = 0.0  # memory traffic
+    cached_bytes: float = 0.0  # traffic that stays in cache whatever the working set (a block's, between its ops)
     ops: float = 0.0  # torch ops issued
     gemm_flops: float = 0.0
     gemm_efficiency: float = 1.0

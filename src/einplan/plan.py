@@ -76,8 +76,11 @@ class Plan:
     @property
     def grad_matters(self) -> bool:
         """Whether a call that autograd records has another plan: one of its steps is chunked (and
-        would be an autograd function of its own).  ``bl`` looks that plan up only then."""
-        return not self.options.grad and self.bound.dtype in backward.FLOATING and any(s.kind in (CHUNKED, FUSED) for s in self.steps)
+        would be an autograd function of its own), or unrolled in blocks (whose ``out=`` writes
+        autograd does not record).  ``bl`` looks that plan up only then."""
+        if self.options.grad or self.bound.dtype not in backward.FLOATING:
+            return False
+        return any(s.kind in (CHUNKED, FUSED) or _in_blocks(s) for s in self.steps)
 
     @property
     def functions(self) -> tuple[ir.Function | ir.Kernel, ...]:
@@ -89,6 +92,11 @@ class Plan:
     def sized_axes(self) -> frozenset:
         """The axis ids whose sizes some number in the generated code was computed from."""
         return ir.sized_axes([self.statements, self.functions])
+
+
+def _in_blocks(step: Step) -> bool:
+    """An unrolled step that loops over blocks (see :mod:`einplan.blocks`)."""
+    return step.kind == UNROLLED and any(isinstance(x, ir.Loop) for x in step.statements)
 
 
 # --- operand preparation: views, diagonals, private sums ----------------------------------
