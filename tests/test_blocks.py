@@ -112,3 +112,12 @@ def test_copies_that_read_rows_beyond_a_cache_line_stream_their_gathered_reads(s
     assert "blocks of 32 along b" in text
     e = plan_for("b i j, b j -> b i", (1000, 8, 8), (1000, 8), lowering=UNROLLED).steps[0].estimate
     assert e.bytes == (8000 + 64000 * 9 + 8000) * 4
+
+
+def test_blocks_read_strided_and_broadcast_operands(small_cache):
+    """A transposed view, a slice with a step and a stride-0 (expanded) operand, cut into blocks."""
+    a, b = operands([(3, 3, 1000), (1, 3, 3)])
+    c = operands([(2000, 3, 3)], seed=1)[0]
+    for x, y in [(a.permute(2, 0, 1), b.expand(1000, 3, 3)), (c[::2], a.permute(2, 1, 0))]:
+        assert "blocks of" in einplan.code("b i j, b j k -> b i k", x, y, lowering=UNROLLED)
+        torch.testing.assert_close(einplan.bl("b i j, b j k -> b i k", x, y, lowering=UNROLLED), torch.bmm(x, y), rtol=1e-12, atol=1e-12)
