@@ -26,8 +26,8 @@ import torch
 from . import chunks, ir
 from .chunking import BACKWARD_TEMPORARIES, TEMPORARIES, Chunking, Job, human_bytes
 from .chunks import Loops
-from .clauses import ARG_REDUCERS, DEVICE_OF, WHOLE_ONLY, reduce_clause
-from .contraction import Context, Contraction, Options, Value, align, describe, numel
+from .clauses import ARG_REDUCERS, WHOLE_ONLY, reduce_clause
+from .contraction import DEVICE_OF, Context, Contraction, Options, Value, align, describe, numel
 from .lowerings import REGISTRY, choose
 
 FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

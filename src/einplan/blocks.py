@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ir
 from .contraction import Context, Contraction, Value
 from .cost import Estimate
 
@@ -67,25 +66,22 @@ def blocks(step: Contraction, axis: str, laid: list[Value], kept: list[str], con
     return Blocks(axis, rows, -(-size // rows), frozenset(step.union))
 
 
-def estimate(whole: Estimate, blocked: Blocks, streamed: float, cached: float, per_block: int, out: int, block_memory: int) -> Estimate:
+def estimate(
+    whole: Estimate, blocked: Blocks, streamed: float, cached: float, ops: tuple[float, float], out: int, block_memory: int
+) -> Estimate:
     """The whole step's estimate (its arithmetic), in blocks: memory sees ``streamed`` bytes
     (each operand read once, the result written once) and ``cached`` bytes stay in cache (the
-    copies' reads and writes, every term's traffic); each block issues ``per_block`` ops (its
-    copies and terms), and only the result (``out`` bytes) is allocated on every call."""
+    copies' reads and writes, every term's traffic); ``ops``: the torch ops of each block (its
+    copies and terms) and those issued once; only the result (``out`` bytes) is allocated on
+    every call."""
+    per_block, once = ops
     return Estimate(
         flops=whole.flops,
         bytes=streamed,
         cached_bytes=cached,
-        ops=blocked.count * per_block + whole.ops - per_block + 1,
+        ops=blocked.count * per_block + once,
         elementwise=whole.elementwise,
         terms=whole.terms,
         memory=out + block_memory,
         allocations=(out,),
     )
-
-
-def cut(value: Value, blocked: Blocks, start: ir.Expr) -> ir.Index:
-    """``value`` cut to this block's rows: ``value[:, ..., start:start + rows]``."""
-    length = ir.Const(blocked.rows, blocked.sizes)
-    position = value.axes.index(blocked.axis)
-    return ir.Index(ir.Var(value.var), (ir.SLICE,) * position + (ir.Range(start, ir.plus(start, length)),))

@@ -30,13 +30,11 @@ from .clauses import (
     fold,
     fold_counting,
     index_per_axis,
-    new_tensor,
     no_ties_at_nan,
     running_start,
-    sized,
     strictly_better,
 )
-from .contraction import Context, Value, numel
+from .contraction import Context, Value, new_tensor, numel, rows_of, sized
 from .lowerings import MATMUL, REGISTRY
 
 # --- emitting: one loop per cut axis ------------------------------------------------------------
@@ -81,10 +79,8 @@ class Loops:
         for value in values:
             if axis in value.axes:
                 cut = self.names.fresh(role)
-                position = value.axes.index(axis)
-                items = (ir.SLICE,) * position + (ir.Range(start, ir.plus(start, step)),)
-                cuts.append(ir.Assign(cut, ir.Index(ir.Var(value.var), items), f"{role} of {axis}"))
-                self.lengths[axis] = ir.shape_of(cut, position)
+                cuts.append(ir.Assign(cut, rows_of(value, axis, start, step), f"{role} of {axis}"))
+                self.lengths[axis] = ir.shape_of(cut, value.axes.index(axis))
                 value = Value(cut, value.axes)
             parts.append(value)
         holder = next(v for v in values if axis in v.axes)
@@ -149,11 +145,6 @@ class Loops:
 
     def operands(self) -> list[Value]:
         return [self.chunking.step.a, self.chunking.step.b]
-
-
-def rows_of(target: Value, axis: str, start: ir.Expr, length: ir.Const) -> ir.Index:
-    """``target[:, ..., start:start + length]`` along ``axis``."""
-    return ir.Index(ir.Var(target.var), (ir.SLICE,) * target.axes.index(axis) + (ir.Range(start, ir.plus(start, length)),))
 
 
 # --- the modes --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import ir
-from .contraction import Names, Value, numel, sum_over, torch_lacks
+from .contraction import Names, Value, new_tensor, numel, sized, sum_over, torch_lacks
 from .errors import EinplanError, UnsupportedError
 
 REDUCE_CALLS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
@@ -18,7 +18,6 @@ MERGE_CALLS = {"max": "torch.maximum", "min": "torch.minimum", "logsumexp": "tor
 ARG_REDUCERS = ("argmax", "argmin")
 LOGICAL = ("any", "all")  # -> bool
 WHOLE_ONLY = ("prod", "any", "all")  # no running form: reduced in full, or on chunks of kept rows
-DEVICE_OF = "x0"  # new tensors are made on this input's device
 
 
 def clause_dtype(reducer: str, dtype: torch.dtype) -> torch.dtype:
@@ -53,18 +52,6 @@ def extreme(dtype: torch.dtype, low: bool):
         return float("-inf") if low else float("inf")
     info = torch.iinfo(dtype)
     return info.min if low else info.max
-
-
-def new_tensor(function: str, shape, dtype: torch.dtype, *values) -> ir.Expr:
-    """``torch.empty/zeros/full(shape, *values, dtype=..., device=x0.device)``; ``shape`` is a
-    ``Const`` tuple or an ``ir.Tuple`` of sizes read from tensors."""
-    keywords = (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(DEVICE_OF), "device")))
-    return ir.Call(function, (shape, *(v if isinstance(v, ir.Const) else ir.Const(v) for v in values)), keywords)
-
-
-def sized(shape: tuple[int, ...], axes) -> ir.Const:
-    """A shape of planned sizes, recording the axes it came from."""
-    return ir.Const(tuple(shape), frozenset(axes))
 
 
 def _reduced_by(reducer: str, source: ir.Expr, dims: tuple[int, ...], dtype: torch.dtype) -> ir.Expr:

@@ -3,8 +3,9 @@
 A :class:`Contraction` is frozen: a lowering prices it and emits it from the
 same description.  :class:`Context` carries what emitting needs beside it (fresh
 names, the options, the device's constants).  The views every lowering builds
-from its operands live here too: ``align`` (axes reordered and broadcast) and
-``grouped``/``ungrouped`` (axes merged into one dim per group, and split again).
+from its operands live here too: ``align`` (axes reordered and broadcast),
+``grouped``/``ungrouped`` (axes merged into one dim per group, and split again)
+and ``rows_of`` (rows of one axis); and ``new_tensor``, the tensors they allocate.
 """
 
 from __future__ import annotations
@@ -245,3 +246,23 @@ def ungrouped(expr: ir.Expr, groups: list[list[str]], step: Contraction) -> ir.E
     if empty:
         expr = ir.Method(expr, "squeeze", (ir.Const(empty[0] if len(empty) == 1 else tuple(empty)),))
     return expr
+
+
+DEVICE_OF = "x0"  # new tensors are made on this input's device
+
+
+def new_tensor(function: str, shape, dtype: torch.dtype, *values) -> ir.Expr:
+    """``torch.empty/zeros/full(shape, *values, dtype=..., device=x0.device)``; ``shape`` is a
+    ``Const`` tuple or an ``ir.Tuple`` of sizes read from tensors."""
+    keywords = (("dtype", ir.Const(dtype)), ("device", ir.Attr(ir.Var(DEVICE_OF), "device")))
+    return ir.Call(function, (shape, *(v if isinstance(v, ir.Const) else ir.Const(v) for v in values)), keywords)
+
+
+def sized(shape: tuple[int, ...], axes) -> ir.Const:
+    """A shape of planned sizes, recording the axes it came from."""
+    return ir.Const(tuple(shape), frozenset(axes))
+
+
+def rows_of(target: Value, axis: str, start: ir.Expr, length: ir.Const) -> ir.Index:
+    """``target[:, ..., start:start + length]`` along ``axis``."""
+    return ir.Index(ir.Var(target.var), (ir.SLICE,) * target.axes.index(axis) + (ir.Range(start, ir.plus(start, length)),))

@@ -26,8 +26,8 @@ import torch
 
 from . import backward, ir
 from .chunking import Chunking, Job
-from .clauses import ARG_REDUCERS, REDUCE_CALLS, aligned, apply_clauses, clause_dtype, index_per_axis, new_tensor, sized
-from .contraction import Candidate, Context, Contraction, Value, numel
+from .clauses import ARG_REDUCERS, REDUCE_CALLS, aligned, apply_clauses, clause_dtype, index_per_axis
+from .contraction import Candidate, Context, Contraction, Value, new_tensor, numel, sized
 from .cost import DeviceModel, Estimate
 from .triton_source import kernel_source
 

@@ -23,7 +23,10 @@ from .contraction import (
     align,
     assign_result,
     grouped,
+    new_tensor,
     numel,
+    rows_of,
+    sized,
     sum_over,
     torch_lacks,
     ungrouped,
@@ -270,11 +273,11 @@ class Unrolled(Lowering):
         layout = self._layout(step, context)
         if layout is None:
             return None
-        whole, blocked = self._priced(step, layout, context)
-        return blocked or whole
+        return self._priced(step, layout, context)[0]
 
-    def _priced(self, step: Contraction, layout: _UnrolledLayout, context: Context) -> tuple[Estimate, Estimate | None]:
-        """The step's estimate laid out whole, and in blocks (None when it has none, or they cost more)."""
+    def _priced(self, step: Contraction, layout: _UnrolledLayout, context: Context) -> tuple[Estimate, blocks.Blocks | None]:
+        """The step's estimate, and its blocks when it runs in blocks (None: laid out whole, when it
+        has no blocks or they cost more)."""
         itemsize = step.dtype.itemsize
         terms = step.numel(layout.summed)
         copied, reads, laid, fresh = 0.0, 0, [], []
@@ -300,15 +303,17 @@ class Unrolled(Lowering):
             working_set=max([2 * n for n in laid] + [out + reads]) * itemsize,  # one copy (source and copy), or one term
             allocations=tuple(n * itemsize for n in (out, *fresh)),
         )
-        cutting = self._blocks(step, layout, context)
+        laid_values = [Value(v.var, order) for v, order in zip((step.a, step.b), layout.laid, strict=True) if order is not None]
+        cutting = blocks.blocks(step, layout.big[0], laid_values, layout.kept, context) if layout.big else None
         if cutting is None:
             return whole, None
-        inside = [v for v in self._laid_values(step, layout) if cutting.axis in v.axes]
+        inside = [v for v in laid_values if cutting.axis in v.axes]
         streamed = (out + sum(self._block_reads(step, v, order) for v, order in zip((step.a, step.b), layout.laid, strict=True))) * itemsize
         block_memory = sum(step.numel(v.axes) for v in inside) * cutting.rows // step.sizes[cutting.axis] * itemsize
         cached = (2 * sum(laid) + terms * (2 * out + reads)) * itemsize  # a copy's reread lines come from cache
-        priced = blocks.estimate(whole, cutting, streamed, cached, terms + len(inside), out * itemsize, block_memory)
-        return whole, priced if context.model.seconds(priced) < context.model.seconds(whole) else None
+        ops = (terms + len(inside), whole.ops - terms - len(inside) + 1)  # each block's; once (the whole form's other copies, the result)
+        priced = blocks.estimate(whole, cutting, streamed, cached, ops, out * itemsize, block_memory)
+        return (priced, cutting) if context.model.seconds(priced) < context.model.seconds(whole) else (whole, None)
 
     @staticmethod
     def _block_reads(step: Contraction, value: Value, order: tuple | None) -> float:
@@ -321,24 +326,14 @@ class Unrolled(Lowering):
         stride = step.numel(value.axes[value.axes.index(order[-1]) + 1 :]) * step.dtype.itemsize
         return n * _gather_factor(value, order[-1], step.sizes, step.dtype.itemsize) if stride > CACHE_LINE else n
 
-    @staticmethod
-    def _laid_values(step: Contraction, layout: _UnrolledLayout) -> list[Value]:
-        return [Value(v.var, order) for v, order in zip((step.a, step.b), layout.laid, strict=True) if order is not None]
-
-    def _blocks(self, step: Contraction, layout: _UnrolledLayout, context: Context) -> blocks.Blocks | None:
-        if not layout.big:
-            return None
-        return blocks.blocks(step, layout.big[0], self._laid_values(step, layout), layout.kept, context)
-
     def emit(self, step: Contraction, context: Context) -> Lowered:
         form = self._compiled_form(step, context)
         if form is not None:
             return written_out.emit(step, form, context.names)
         layout = self._layout(step, context)
         assert layout is not None, "emit follows a successful price"
-        if self._priced(step, layout, context)[1] is not None:
-            cutting = self._blocks(step, layout, context)
-            assert cutting is not None
+        cutting = self._priced(step, layout, context)[1]
+        if cutting is not None:
             return self._emit_blocks(step, layout, cutting, context)
         setup: list = []
         a, b = (self._laid(step, layout, k, ir.Var(v.var), setup, context) for k, v in enumerate((step.a, step.b)))
@@ -351,17 +346,16 @@ class Unrolled(Lowering):
         block out and writes its terms into the result's slice."""
         names, kept = context.names, layout.kept
         result = names.fresh()
-        shape = ir.Const(tuple(step.sizes[x] for x in kept), frozenset(kept))
-        empty = ir.Call("torch.empty", (shape,), (("dtype", ir.Const(step.dtype)), ("device", ir.Attr(ir.Var(step.a.var), "device"))))
+        empty = new_tensor("torch.empty", sized(tuple(step.sizes[x] for x in kept), kept), step.dtype)
         setup: list = [ir.Assign(result, empty, "unrolled: the result, filled block by block")]
-        start = names.fresh("i")
+        start, rows = names.fresh("i"), ir.Const(cutting.rows, cutting.sizes)
         body: list = []
         operands = []
         for k, value in enumerate((step.a, step.b)):
             if cutting.axis not in value.axes:  # laid out once, before the loop
                 operands.append(self._laid(step, layout, k, ir.Var(value.var), setup, context))
                 continue
-            piece = blocks.cut(value, cutting, ir.Var(start))
+            piece = rows_of(value, cutting.axis, ir.Var(start), rows)
             if layout.laid[k] is None:
                 var = names.fresh("block")
                 body.append(ir.Assign(var, piece, f"block of {cutting.axis}"))
@@ -369,12 +363,12 @@ class Unrolled(Lowering):
             else:
                 operands.append(self._laid(step, layout, k, piece, body, context, cutting.rows))
         a, b = operands
-        into = blocks.cut(Value(result, tuple(kept)), cutting, ir.Var(start))
+        into = rows_of(Value(result, tuple(kept)), cutting.axis, ir.Var(start), rows)
         body += self._terms(step, layout, a, b, names.fresh(), into)
         holder = step.a if cutting.axis in step.a.axes else step.b
         stop = ir.shape_of(holder.var, holder.axes.index(cutting.axis))
         comment = f"unrolled: blocks of {cutting.rows} along {cutting.axis}, each laid out and summed in cache"
-        setup.append(ir.Loop(start, 0, stop, ir.Const(cutting.rows, cutting.sizes), tuple(body), comment))
+        setup.append(ir.Loop(start, 0, stop, rows, tuple(body), comment))
         return Lowered(ir.Var(result), tuple(kept), tuple(setup))
 
     @staticmethod

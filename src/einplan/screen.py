@@ -18,9 +18,9 @@ import torch
 
 from . import ir
 from .chunking import Chunking, Job
-from .chunks import Loops, rows_of
-from .clauses import ARG_REDUCERS, MERGE_CALLS, REDUCE_CALLS, extreme, new_tensor, sized, strictly_better
-from .contraction import Context, Value
+from .chunks import Loops
+from .clauses import ARG_REDUCERS, MERGE_CALLS, REDUCE_CALLS, extreme, strictly_better
+from .contraction import Context, Value, new_tensor, rows_of, sized
 from .cost import Estimate
 from .lowerings import REGISTRY
 

@@ -11,8 +11,7 @@ import math
 
 from . import ir
 from .bind import Bound
-from .clauses import sized
-from .contraction import Value
+from .contraction import Value, sized
 from .resolve import spell_item
 
 

@@ -21,9 +21,8 @@ import torch
 
 from . import ir
 from .chunking import CHUNK_BYTES, human_bytes
-from .chunks import rows_of
-from .clauses import ARG_REDUCERS, apply_clauses, clause_dtype, new_tensor, sized
-from .contraction import Context, Contraction, Value, take_pair
+from .clauses import ARG_REDUCERS, apply_clauses, clause_dtype
+from .contraction import Context, Contraction, Value, new_tensor, rows_of, sized, take_pair
 from .cost import Estimate
 from .lowerings import REGISTRY, choose, emit_value
 
