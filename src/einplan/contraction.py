@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ir
-from .cost import DeviceModel, Estimate
+from .cost import DeviceModel, Estimate, elementwise_passes
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,18 @@ def describe(inputs, output) -> str:
 
 def numel(sizes: Mapping[str, int], axes) -> int:
     return math.prod(sizes[a] for a in axes)
+
+
+def broadcast_passes(step: Contraction, layout: list[str]) -> float:
+    """The passes torch's CPU loop makes over a broadcast multiply of ``step``'s operands laid out in
+    ``layout`` (see :func:`cost.elementwise_passes`): the result contiguous in it, each operand
+    contiguous in its own axes and broadcast along the others."""
+
+    def strides(axes) -> list[int]:
+        return [numel(step.sizes, axes[axes.index(x) + 1 :]) if x in axes else 0 for x in layout]
+
+    tensors = (strides(layout), strides(list(step.a.axes)), strides(list(step.b.axes)))
+    return elementwise_passes([step.sizes[x] for x in layout], tensors)
 
 
 def sum_over(expr, dims: tuple[int, ...], dtype: torch.dtype):

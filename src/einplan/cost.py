@@ -57,6 +57,10 @@ class DeviceModel:
     # largest mmap threshold; smaller ones are reused from the heap): seconds per 4 KiB page of it
     fresh_bytes: float = 32 * 2**20
     fresh_page: float = 0.0
+    # seconds per pass of a CPU elementwise op whose tensors' strides merge into more than two
+    # dims: torch runs the two innermost per pass and counts the rest itself (see
+    # :func:`elementwise_passes`); a broadcast ``x[:, :, None] * y[:, None, :]`` makes one pass per row
+    pass_overhead: float = 0.0
     # where the constants come from, for explain: not a constant, and not compared
     origin: str = field(default="shipped constants", compare=False)
 
@@ -81,6 +85,7 @@ class DeviceModel:
             "elementwise work": estimate.elementwise / self.elementwise_rate,
             "memory traffic": estimate.bytes / bandwidth + estimate.cached_bytes / (self.bandwidth * self.cache_speedup),
             "fresh memory": sum(a for a in estimate.allocations if a >= self.fresh_bytes) / PAGE * self.fresh_page,
+            "elementwise passes": estimate.passes * self.pass_overhead,
         }
 
     def seconds(self, estimate: Estimate) -> float:
@@ -112,6 +117,7 @@ class Estimate:
     # transposing copy) rereads what the op before it left in cache
     working_set: float = 0.0
     allocations: tuple = ()  # bytes of each tensor the step allocates on every call
+    passes: float = 0.0  # passes of its elementwise ops over more than two merged dims (DeviceModel.pass_overhead)
 
     def gemm_eff(self, model: DeviceModel, m: int, n: int, k: int) -> Estimate:
         """Short dims starve a GEMM: each of M, N, K costs efficiency d / (d + half)."""
@@ -140,6 +146,7 @@ CPU = DeviceModel(
     column_rate=3.0e9,  # 2.5-3.9 GFLOP/s measured on an AMD EPYC; batched dot products ran slower still on an Intel Xeon
     row_rate=2.0e10,  # 23-30 GFLOP/s measured on 2 cores of an AMD EPYC
     fresh_page=5.0e-7,  # a guess between bare metal (about 0.25 us a fault) and a VM's (about 1 us)
+    pass_overhead=1.0e-8,  # 8-11 ns measured on 2 cores of an AMD EPYC (broadcast outer products of 2-8)
 )
 
 
@@ -187,7 +194,26 @@ MAY_BE_ZERO = (
     "llc_bytes",
     "llc_speedup",
     "fresh_page",
+    "pass_overhead",
 )
+
+
+def elementwise_passes(sizes, strides) -> float:
+    """How many passes torch's CPU loop makes over an elementwise op of these ``sizes`` (outermost
+    first), whose tensors (the result and each operand) step through them by ``strides`` (one list
+    per tensor, 0 where it broadcasts): adjacent dims that every tensor steps through as one merge,
+    then each pass runs the two innermost and the rest are counted one pass at a time.  0 where
+    they merge into two dims or fewer: one pass, priced as the op itself."""
+    merged: list[tuple[int, list[int]]] = []  # innermost first: (size, each tensor's stride)
+    for k in reversed(range(len(sizes))):
+        size, steps = sizes[k], [s[k] for s in strides]
+        if size == 1:
+            continue
+        if merged and all(step == inner * merged[-1][0] for step, inner in zip(steps, merged[-1][1], strict=True)):
+            merged[-1] = (merged[-1][0] * size, merged[-1][1])
+        else:
+            merged.append((size, steps))
+    return float(math.prod(size for size, _ in merged[2:])) if len(merged) > 2 else 0.0
 
 
 def cache_file() -> Path:

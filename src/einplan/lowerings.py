@@ -22,6 +22,7 @@ from .contraction import (
     Value,
     align,
     assign_result,
+    broadcast_passes,
     grouped,
     new_tensor,
     numel,
@@ -105,6 +106,7 @@ class ElementwiseSum(Lowering):
             ),
             # two ops when the product exists: the multiply (both inputs and the product), then its sum
             working_set=max(inputs + full, full + out) * itemsize if exists else 0,
+            passes=0 if context.options.compiled else broadcast_passes(step, step.kept + step.summed),
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:

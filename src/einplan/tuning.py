@@ -143,6 +143,15 @@ def _fresh_page(timed, opts) -> float:
     return max(difference, 0.0) / (n * 4 / PAGE)
 
 
+def _pass_overhead(timed, opts, quick: bool) -> float:
+    """Seconds per pass of an elementwise op over more than two merged dims (cost.elementwise_passes):
+    an outer product of pairs, one pass a row, against the same output from one that merges into two."""
+    rows = 1 << (15 if quick else 17)
+    x, y, w = torch.randn(rows, 2, **opts), torch.randn(rows, 2, **opts), torch.randn(2, **opts)
+    difference = timed(lambda: x[:, :, None] * y[:, None, :], 20) - timed(lambda: x[:, :, None] * w, 20)
+    return max(difference, 0.0) / rows
+
+
 def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     """Measure this machine's constants with a handful of small torch kernels (on a CPU or a CUDA
     device: only they run kernels whose time means something)."""
@@ -165,8 +174,11 @@ def measure(device: str = "cpu", quick: bool = False) -> DeviceModel:
     constants.update(_loop_constants(timed, opts, op_overhead, base))
     constants.update(_memory_constants(timed, opts, op_overhead, quick))
     screen_rate = 0.0
-    if kind == "cpu":  # fresh pages (CUDA's caching allocator reuses its blocks); a screen's bfloat16 GEMM
+    # fresh pages (CUDA's caching allocator reuses its blocks), elementwise passes (a CUDA kernel
+    # indexes every dim itself), a screen's bfloat16 GEMM
+    if kind == "cpu":
         constants["fresh_page"] = _fresh_page(timed, opts)
+        constants["pass_overhead"] = _pass_overhead(timed, opts, quick)
         h1, h2 = torch.randn(2048, 128).bfloat16(), torch.randn(128, 1024).bfloat16()
         screen_rate = 2 * 2048 * 1024 * 128 / max(timed(lambda: h1 @ h2) - op_overhead, 1e-9)
     return replace(base, op_overhead=op_overhead, screen_rate=screen_rate, **constants)
