@@ -64,7 +64,8 @@ ALLOWED = STATEMENTS + EXPRESSIONS + BINARY + COMPARE + CONTEXT + (ast.Module, a
 
 BUILTIN_CALLS = {"range", "float"}
 ANNOTATION_KINDS = {"Float", "Int", "Int64", "Integer", "Complex", "Bool", "Shaped"}
-KEYWORDS = {"dtype", "dim", "keepdim"}
+KEYWORDS = {"dtype", "dim", "keepdim", "device"}
+OUT = re.compile(r"t\d+\Z")  # out= writes into a temporary the code made (a slice of it), never an input
 GENERATED = re.compile(r"[a-z]\d+\Z")  # x0 (parameters), t3, a1 (temporaries), loop variables
 DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
 
@@ -195,9 +196,18 @@ class _Walker:
                 raise Unsafe("starred argument")
             self.expr(arg)
         for kw in node.keywords:
-            if kw.arg not in KEYWORDS:
+            if kw.arg == "out" and not _into_temporary(kw.value):
+                raise Unsafe(f"out= {ast.unparse(kw.value)}")
+            if kw.arg not in KEYWORDS and kw.arg != "out":
                 raise Unsafe(f"keyword argument {kw.arg!r}")
             self.expr(kw.value)
+
+
+def _into_temporary(node) -> bool:
+    """``t0`` or a slice of it: a tensor the generated code allocated itself."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return isinstance(node, ast.Name) and OUT.match(node.id) is not None
 
 
 def _torch_path(func: ast.Attribute):
@@ -272,6 +282,7 @@ GOOD = '''def einplan_kernel(
         ("x0.sum(-1)", "x0.sum(-1).__class__.mro()"),
         ("x0.sum(-1)", "t9"),
         ("x0.sum(-1)", "x0.sum(-1, out=x0)"),
+        ("x0.sum(-1)", "torch.mul(x0, x0, out=x0[:, 0])"),  # out= only into a temporary the code made
         ("x0.sum(-1)", "x0.sum('b')"),
         ("x0.sum(-1)", "[x0]"),
         ("x0.sum(-1)", "x0 if print(x0) else x0"),

@@ -20,6 +20,7 @@ CASES = {
     "batched_dot": ("b1 b2 n, b1 b2 n -> b1 b2", [(80, 20, 64), (80, 20, 64)], {"lowering": "elementwise-sum"}),
     "tiny_matmul_unrolled": ("b i j, b j k -> b i k", [(262144, 2, 2), (262144, 2, 2)], {"lowering": "unrolled"}),
     "tiny_matmul_compiled": ("b i j, b j k -> b i k", [(262144, 3, 3), (262144, 3, 3)], {"compiled": True}),
+    "tiny_outer_in_slices": ("b i, b j -> b i j", [(262144, 3), (262144, 3)], {"lowering": "elementwise-sum"}),
     "written_out_permuted": ("b c i j, c b j -> c b i", [(32, 33, 2, 3), (33, 32, 3)], {"compiled": True, "lowering": "unrolled"}),
     "max_inner_product_index": ("m d, n d -> | argmax m n", [(2000, 128), (2000, 128)], {"memory_limit": 2**20}),
     "max_inner_product_screened": ("m d, n d -> | max m n", [(3000, 64), (2500, 64)], {}),

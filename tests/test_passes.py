@@ -47,6 +47,7 @@ def contiguous(sizes):
         ((64, 2, 2, 2), [(4, 2, 0, 1), (4, 0, 1, 2)], 128),
         ((5, 7), [(7, 1), (0, 1)], 0),  # two dims: one pass
         ((0, 3, 3), [(3, 1, 0), (3, 0, 1)], 0),  # empty: no pass
+        ((4, 0, 3), [(3, 1, 0), (0, 0, 1)], 0),  # empty along an inner dim too
     ],
 )
 def test_passes_count_the_dims_past_the_two_innermost_merged(sizes, operands, passes):
@@ -62,15 +63,16 @@ def test_passes_are_priced_per_pass():
 @pytest.mark.parametrize("rows, d, with_passes", [(262_144, 2, MATMUL), (262_144, 3, MATMUL), (65_536, 8, ELEMENTWISE)])
 def test_tiny_outer_products_are_priced_by_their_passes(rows, d, with_passes, monkeypatch):
     """Priced by their passes, the broadcast loses to torch.bmm at 2 and 3 and wins at 8 (as
-    measured); without them, it is priced as its memory traffic alone and wins at every size."""
+    measured); without them, it is priced as its memory traffic alone and wins at every size.
+    (In a plan for calls autograd records, which has no slices: see tests/test_slices.py.)"""
     shapes = ((rows, d), (rows, d))
     monkeypatch.setitem(cost._loaded, "cpu", replace(cost.CPU, **ZEN5))
-    plan = plan_for("b i, b j -> b i j", *shapes)
+    plan = plan_for("b i, b j -> b i j", *shapes, grad=True)
     assert plan.steps[0].kind == with_passes
     broadcast = next(c for c in plan.steps[0].candidates if c.lowering == ELEMENTWISE)
     assert broadcast.estimate.passes == rows
     monkeypatch.setitem(cost._loaded, "cpu", replace(cost.CPU, **{**ZEN5, "pass_overhead": 0.0}))
-    assert plan_for("b i, b j -> b i j", *shapes).steps[0].kind == ELEMENTWISE
+    assert plan_for("b i, b j -> b i j", *shapes, grad=True).steps[0].kind == ELEMENTWISE
 
 
 def test_compiled_products_make_no_passes(monkeypatch):

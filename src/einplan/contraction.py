@@ -139,16 +139,17 @@ def numel(sizes: Mapping[str, int], axes) -> int:
     return math.prod(sizes[a] for a in axes)
 
 
-def broadcast_passes(step: Contraction, layout: list[str]) -> float:
+def broadcast_passes(step: Contraction, layout: list[str], fixed: str | None = None) -> float:
     """The passes torch's CPU loop makes over a broadcast multiply of ``step``'s operands laid out in
     ``layout`` (see :func:`cost.elementwise_passes`): the result contiguous in it, each operand
-    contiguous in its own axes and broadcast along the others."""
+    contiguous in its own axes and broadcast along the others; with ``fixed``, over the slice of
+    each at one index of that axis."""
 
     def strides(axes) -> list[int]:
-        return [numel(step.sizes, axes[axes.index(x) + 1 :]) if x in axes else 0 for x in layout]
+        return [numel(step.sizes, axes[axes.index(x) + 1 :]) if x in axes else 0 for x in layout if x != fixed]
 
     tensors = (strides(layout), strides(list(step.a.axes)), strides(list(step.b.axes)))
-    return elementwise_passes([step.sizes[x] for x in layout], tensors)
+    return elementwise_passes([step.sizes[x] for x in layout if x != fixed], tensors)
 
 
 def sum_over(expr, dims: tuple[int, ...], dtype: torch.dtype):

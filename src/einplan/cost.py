@@ -204,6 +204,8 @@ def elementwise_passes(sizes, strides) -> float:
     per tensor, 0 where it broadcasts): adjacent dims that every tensor steps through as one merge,
     then each pass runs the two innermost and the rest are counted one pass at a time.  0 where
     they merge into two dims or fewer: one pass, priced as the op itself."""
+    if 0 in sizes:
+        return 0.0  # nothing to loop over
     merged: list[tuple[int, list[int]]] = []  # innermost first: (size, each tensor's stride)
     for k in reversed(range(len(sizes))):
         size, steps = sizes[k], [s[k] for s in strides]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import blocks, ir, written_out
+from . import blocks, ir, slices, written_out
 from .contraction import (
     Candidate,
     Context,
@@ -87,6 +87,10 @@ class ElementwiseSum(Lowering):
         return next((v for v in (step.a, step.b) if v.owned and len(v.axes) == rank), None)
 
     def price(self, step: Contraction, context: Context) -> Estimate | None:
+        return slices.cheaper(step, context, self._whole(step, context))[0]
+
+    def _whole(self, step: Contraction, context: Context) -> Estimate:
+        """The product written whole (see :mod:`einplan.slices` for it in slices)."""
         exists = self._product_exists(step, context)
         into = self._into(step, context)
         full = step.numel(step.kept + step.summed)
@@ -110,6 +114,9 @@ class ElementwiseSum(Lowering):
         )
 
     def emit(self, step: Contraction, context: Context) -> Lowered:
+        form = slices.cheaper(step, context, self._whole(step, context))[1]
+        if form is not None:
+            return slices.emit(step, form, context.names)
         layout = step.kept + step.summed
         into = self._into(step, context)
         left, right = align(step.a, layout), align(step.b, layout)

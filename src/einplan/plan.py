@@ -76,11 +76,11 @@ class Plan:
     @property
     def grad_matters(self) -> bool:
         """Whether a call that autograd records has another plan: one of its steps is chunked (and
-        would be an autograd function of its own), or unrolled in blocks (whose ``out=`` writes
-        autograd does not record).  ``bl`` looks that plan up only then."""
+        would be an autograd function of its own), or writes through ``out=`` (unrolled in blocks,
+        a product in slices), which autograd does not record.  ``bl`` looks that plan up only then."""
         if self.options.grad or self.bound.dtype not in backward.FLOATING:
             return False
-        return any(s.kind in (CHUNKED, FUSED) or _in_blocks(s) for s in self.steps)
+        return any(s.kind in (CHUNKED, FUSED) or _writes_out(s) for s in self.steps)
 
     @property
     def functions(self) -> tuple[ir.Function | ir.Kernel, ...]:
@@ -94,9 +94,12 @@ class Plan:
         return ir.sized_axes([self.statements, self.functions])
 
 
-def _in_blocks(step: Step) -> bool:
-    """An unrolled step that loops over blocks (see :mod:`einplan.blocks`)."""
-    return step.kind == UNROLLED and any(isinstance(x, ir.Loop) for x in step.statements)
+def _writes_out(step: Step) -> bool:
+    """An unrolled step in blocks (:mod:`einplan.blocks`) or a product in slices (:mod:`einplan.slices`):
+    their ops write the result's parts through ``out=``."""
+    if step.kind not in (UNROLLED, ELEMENTWISE):
+        return False
+    return any(isinstance(x, ir.Call) and any(k == "out" for k, _ in x.kwargs) for x in ir.walk(step.statements))
 
 
 # --- operand preparation: views, diagonals, private sums ----------------------------------
