@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import einplan
+from conftest import einplan_to_einsum
 from einplan import cost
 from einplan.lowerings import UNROLLED
 from einplan.runtime import plan_for
@@ -42,11 +43,7 @@ def operands(shapes, seed=0, requires_grad=False):
 
 
 def einsum_of(pattern: str, tensors):
-    letters = {}
-    ins, out = pattern.split("->")
-    spell = lambda axes: "".join(letters.setdefault(a, chr(ord("a") + len(letters))) for a in axes.split())  # noqa: E731
-    subscripts = ",".join(spell(x) for x in ins.split(",")) + "->" + spell(out)
-    return torch.einsum(subscripts, *tensors)
+    return torch.einsum(einplan_to_einsum(pattern), *tensors)
 
 
 @pytest.mark.parametrize("pattern, shapes", BLOCKED, ids=[p + str(s[0]) for p, s in BLOCKED])
