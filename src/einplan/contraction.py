@@ -139,6 +139,16 @@ def numel(sizes: Mapping[str, int], axes) -> int:
     return math.prod(sizes[a] for a in axes)
 
 
+CACHE_LINE = 64  # bytes
+SHORT_ROW = 8  # an elementwise op whose inner loop is shorter than this costs more per element
+
+
+def gathered(stride: int, itemsize: int) -> float:
+    """How many times the traffic of a pass that steps ``stride`` elements at a time exceeds a
+    contiguous one's: each element drags in part of a cache line, up to a whole line."""
+    return 1.0 + min(stride, CACHE_LINE // itemsize) / 2
+
+
 def broadcast_passes(step: Contraction, layout: list[str], fixed: str | None = None) -> float:
     """The passes torch's CPU loop makes over a broadcast multiply of ``step``'s operands laid out in
     ``layout`` (see :func:`cost.elementwise_passes`): the result contiguous in it, each operand

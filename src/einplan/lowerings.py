@@ -15,6 +15,8 @@ import torch
 
 from . import blocks, ir, slices, written_out
 from .contraction import (
+    CACHE_LINE,
+    SHORT_ROW,
     Candidate,
     Context,
     Contraction,
@@ -23,6 +25,7 @@ from .contraction import (
     align,
     assign_result,
     broadcast_passes,
+    gathered,
     grouped,
     new_tensor,
     numel,
@@ -204,7 +207,6 @@ class MatmulBroadcast(Lowering):
 
 UNROLL_TERMS = 16  # most terms the cost model may unroll; forcing allows up to 64
 FORCED_UNROLL_TERMS = 64
-CACHE_LINE = 64  # bytes
 
 
 @dataclass(frozen=True)
@@ -237,13 +239,9 @@ def _unrolled_layout(step: Contraction, limit: int) -> _UnrolledLayout | None:
 
 
 def _gather_factor(value: Value, inner: str, sizes, itemsize: int) -> float:
-    """How many times a transposing copy's traffic exceeds a straight copy's.
-
-    The copy writes ``inner`` contiguously but reads it with a stride; each read
-    drags in part of a cache line, up to a whole line per element.
-    """
-    stride = numel(sizes, value.axes[value.axes.index(inner) + 1 :])
-    return 1.0 + min(stride, CACHE_LINE // itemsize) / 2
+    """How many times a transposing copy's traffic exceeds a straight copy's: it writes ``inner``
+    contiguously and reads it with a stride (see :func:`contraction.gathered`)."""
+    return gathered(numel(sizes, value.axes[value.axes.index(inner) + 1 :]), itemsize)
 
 
 class Unrolled(Lowering):
@@ -306,7 +304,7 @@ class Unrolled(Lowering):
             flops=2 * out * terms,
             bytes=(2 * copied + terms * (2 * out + reads)) * itemsize,
             ops=terms + (2 if copied else 0),
-            elementwise=out * terms * max(1.0, 8.0 / max(inner, 1)),  # short inner loops cost more per element
+            elementwise=out * terms * max(1.0, SHORT_ROW / max(inner, 1)),  # short inner loops cost more per element
             terms=terms,
             memory=(out + sum(laid)) * itemsize,
             working_set=max([2 * n for n in laid] + [out + reads]) * itemsize,  # one copy (source and copy), or one term

@@ -22,13 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import ir
-from .contraction import Context, Contraction, Lowered, Names, broadcast_passes, new_tensor, sized
+from .contraction import SHORT_ROW, Context, Contraction, Lowered, Names, broadcast_passes, gathered, new_tensor, sized
 from .cost import Estimate
 from .written_out import aligned_term
 
 SLICE_MAX = 16  # a kept axis this short may be fixed: one torch op per index
-SHORT_ROW = 8  # as for the unrolled terms, an inner loop shorter than this costs more per element
-CACHE_LINE = 64  # bytes
 
 
 @dataclass(frozen=True)
@@ -67,12 +65,6 @@ def cheaper(step: Contraction, context: Context, whole: Estimate) -> tuple[Estim
     return (sliced, form) if context.model.seconds(sliced) < context.model.seconds(whole) else (whole, None)
 
 
-def _strided(stride: int, itemsize: int) -> float:
-    """How many times the traffic of a slice whose innermost dim has this stride exceeds its bytes:
-    each element drags in part of a cache line, up to a whole line."""
-    return 1.0 + min(stride, CACHE_LINE // itemsize) / 2 if stride > 1 else 1.0
-
-
 def price(step: Contraction, form: Slices) -> Estimate:
     """One multiply per index: each reads all of the operand without the axis and its slice of the
     other, and writes its slice of the result (with a stride where the axis is the innermost)."""
@@ -80,14 +72,15 @@ def price(step: Contraction, form: Slices) -> Estimate:
     holder, other = (step.a, step.b) if form.axis in step.a.axes else (step.b, step.a)
     rest = [x for x in form.layout if x != form.axis]
     out = step.numel(form.layout)
-    # a slice along an innermost axis steps through the rest by that axis's size
-    holder_stride = count if holder.axes[-1] == form.axis else 1
-    result_stride = count if form.layout[-1] == form.axis else 1
-    reads = count * step.numel(other.axes) + step.numel(holder.axes) * _strided(holder_stride, itemsize)
+    # a slice along an innermost axis steps through the rest by that axis's size (at least 2: fixing
+    # an axis of 1 changes no pass, so slices never fix one)
+    holder_traffic = gathered(count, itemsize) if holder.axes[-1] == form.axis else 1.0
+    result_traffic = gathered(count, itemsize) if form.layout[-1] == form.axis else 1.0
+    reads = count * step.numel(other.axes) + step.numel(holder.axes) * holder_traffic
     inner = step.sizes[rest[-1]] if rest else 1
     return Estimate(
         flops=out,
-        bytes=(reads + out * _strided(result_stride, itemsize)) * itemsize,
+        bytes=(reads + out * result_traffic) * itemsize,
         ops=count + 1,
         elementwise=out * max(1.0, SHORT_ROW / max(inner, 1)),
         memory=out * itemsize,
